@@ -1,0 +1,87 @@
+"""Pluggable backbones ("frontends") and their registry.
+
+``build_frontend(name, ...)`` returns a ``keras.Model`` mapping an image to
+``{"stride2", "stride4", "stride8", "stride16", "stride32"}`` feature maps; see
+``frontends.base`` for the contract.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from frontends.base import (
+    OUTPUT_STRIDES,
+    STRIDES,
+    FrontendSpec,
+    FrontendWeightsError,
+    endpoint_name,
+    keras_cache_dir,
+)
+from frontends.mobilenet import build_mobilenet_v2
+from frontends.resnet import build_resnet
+from frontends.xception import build_xception
+from semseg_suite.registry import Registry
+
+FRONTENDS: Registry[FrontendSpec] = Registry("frontend")
+
+for _depth in ("ResNet50", "ResNet101", "ResNet152"):
+    FRONTENDS.add(
+        _depth,
+        FrontendSpec(_depth, functools.partial(build_resnet, _depth), "caffe", supports_multi_grid=True),
+    )
+FRONTENDS.add("MobileNetV2", FrontendSpec("MobileNetV2", build_mobilenet_v2, "tf"))
+FRONTENDS.add("Xception", FrontendSpec("Xception", build_xception, "tf"))
+
+WEIGHT_CHOICES = ("auto", "imagenet", "none")
+
+
+def build_frontend(
+    name: str,
+    *,
+    input_shape=(None, None, 3),
+    weights=None,
+    output_stride: int = 32,
+    multi_grid=None,
+):
+    """Builds a registered frontend.
+
+    Args:
+        name: a registered frontend name (see ``FRONTENDS.names()``).
+        input_shape: ``(H, W, 3)``; ``None`` dims accept any size.
+        weights: ``None``/``"none"`` (random init), ``"imagenet"``, ``"auto"``
+            (ImageNet when Keras has the file cached or can download it, else random
+            init with one warning), or a path to a weights file.
+        output_stride: 8, 16 or 32.
+        multi_grid: last-stage unit rates, used by frontends that support it and
+            ignored by the others.
+    """
+    spec = FRONTENDS.get(name)
+    if not spec.supports_multi_grid:
+        multi_grid = None
+    if weights == "none":
+        weights = None
+    if weights == "auto":
+        try:
+            return spec.build(input_shape, "imagenet", output_stride, multi_grid)
+        except FrontendWeightsError:
+            logging.getLogger("semseg_suite").warning(
+                "No ImageNet weights for %s (cannot download, none cached in %s): "
+                "using random initialisation; --frontend-weights none skips this check.",
+                name,
+                keras_cache_dir(),
+            )
+            weights = None
+    return spec.build(input_shape, weights, output_stride, multi_grid)
+
+
+__all__ = [
+    "FRONTENDS",
+    "OUTPUT_STRIDES",
+    "STRIDES",
+    "WEIGHT_CHOICES",
+    "FrontendSpec",
+    "FrontendWeightsError",
+    "build_frontend",
+    "endpoint_name",
+]

@@ -1,0 +1,179 @@
+"""Shared, serialisable building blocks for the builders.
+
+Every custom layer here is registered with Keras under the package name
+``semseg_suite``, so ``keras.models.load_model`` restores saved models once
+``semseg_suite`` is imported. Blocks (conv-BN-ReLU, separable conv, ASPP) are plain
+functions over the functional API that name their layers ``{block}_{op}``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import ops
+
+PACKAGE = "semseg_suite"
+
+# Batch-norm settings shared by the heads. Momentum is Keras' 0.99 rather than the
+# 0.9997 decay of the DeepLab code: that value assumes schedules of 30k+ steps, and
+# the moving statistics of short runs would barely leave their initial values.
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AtrousConv2D(keras.layers.Conv2D):
+    """``Conv2D`` that runs dilated convolutions through the native dilated kernel.
+
+    On the TensorFlow backend, ``keras.layers.Conv2D(dilation_rate=r)`` goes through
+    ``tf.nn.convolution``, which wraps a dense convolution in space-to-batch and
+    batch-to-space for any ``r > 1`` and is 10-100x slower on CPU than
+    ``tf.nn.conv2d(..., dilations=r)``. This layer calls the latter; weights, config
+    and results are those of ``Conv2D``, and other backends use the parent's op.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (
+            keras.backend.backend() == "tensorflow"
+            and self.data_format == "channels_last"
+            and self.groups == 1
+            and tuple(self.strides) == (1, 1)
+            and max(self.dilation_rate) > 1
+        ):
+            import tensorflow as tf
+
+            return tf.nn.conv2d(
+                inputs,
+                kernel,
+                strides=1,
+                padding=self.padding.upper(),
+                dilations=list(self.dilation_rate),
+            )
+        return super().convolution_op(inputs, kernel)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResizeLike(keras.layers.Layer):
+    """Resizes ``inputs[0]`` to the height and width of ``inputs[1]``.
+
+    Fusing by a reference tensor's shape, not by a fixed factor, keeps odd input
+    sizes and valid-padding frontends working.
+
+    Args:
+        interpolation: any method ``keras.ops.image.resize`` accepts.
+    """
+
+    def __init__(self, interpolation: str = "bilinear", **kwargs):
+        super().__init__(**kwargs)
+        self.interpolation = interpolation
+
+    def call(self, inputs):
+        x, reference = inputs
+        size = ops.shape(reference)[1:3]
+        return ops.image.resize(x, size, interpolation=self.interpolation)
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "interpolation": self.interpolation}
+
+
+def conv2d(filters: int, kernel_size: int, *, rate: int = 1, name: str, use_bias=False):
+    """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
+    cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D
+    return cls(
+        filters,
+        kernel_size,
+        padding="same",
+        dilation_rate=rate,
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        name=name,
+    )
+
+
+def batch_norm(name: str):
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+def conv_bn_relu(x, filters: int, kernel_size: int = 1, *, rate: int = 1, name: str):
+    """Convolution, batch norm and ReLU, named ``{name}_conv/_bn/_relu``."""
+    x = conv2d(filters, kernel_size, rate=rate, name=f"{name}_conv")(x)
+    x = batch_norm(f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def separable_conv_bn_relu(x, filters: int, kernel_size: int = 3, *, rate: int = 1, name: str):
+    """Depthwise conv, BN, ReLU, then pointwise conv, BN, ReLU.
+
+    This is DeepLab's ``split_separable_conv2d`` (BN and ReLU after both the
+    depthwise and the pointwise step), not ``keras.layers.SeparableConv2D``, which
+    has no normalisation between the two.
+    """
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size,
+        padding="same",
+        dilation_rate=rate,
+        use_bias=False,
+        name=f"{name}_depthwise",
+    )(x)
+    x = batch_norm(f"{name}_depthwise_bn")(x)
+    x = keras.layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    return conv_bn_relu(x, filters, 1, name=f"{name}_pointwise")
+
+
+def image_pooling(x, filters: int, *, name: str):
+    """Global average pool, 1x1 conv-BN-ReLU, then bilinear upsampling back to ``x``."""
+    y = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    y = conv_bn_relu(y, filters, 1, name=name)
+    return ResizeLike(name=f"{name}_resize")([y, x])
+
+
+def aspp(
+    x,
+    *,
+    filters: int = 256,
+    rates: Sequence[int] = (6, 12, 18),
+    separable: bool = False,
+    dropout: float = 0.1,
+    name: str = "aspp",
+):
+    """Atrous spatial pyramid pooling (Chen et al. 2017, Sec. 3.3).
+
+    A 1x1 branch, one 3x3 branch per atrous rate, and an image-pooling branch, each
+    with ``filters`` channels, BN and ReLU; concatenated, projected by a 1x1
+    conv-BN-ReLU and followed by dropout.
+
+    Args:
+        filters: channels of every branch and of the projection (256 in the paper).
+        rates: atrous rates of the 3x3 branches (6, 12, 18 at output stride 16).
+        separable: depthwise-separable 3x3 branches, as DeepLabV3+ uses.
+        dropout: dropout rate after the projection (keep probability 0.9 in the
+            official code).
+    """
+    branches = [conv_bn_relu(x, filters, 1, name=f"{name}_1x1")]
+    for i, rate in enumerate(rates, start=1):
+        branch_name = f"{name}_3x3_{i}"
+        if separable:
+            branches.append(separable_conv_bn_relu(x, filters, 3, rate=rate, name=branch_name))
+        else:
+            branches.append(conv_bn_relu(x, filters, 3, rate=rate, name=branch_name))
+    branches.append(image_pooling(x, filters, name=f"{name}_image_pool"))
+    y = keras.layers.Concatenate(name=f"{name}_concat")(branches)
+    y = conv_bn_relu(y, filters, 1, name=f"{name}_projection")
+    return keras.layers.Dropout(dropout, name=f"{name}_dropout")(y)
+
+
+def classifier(x, num_classes: int, *, reference, name: str = "logits"):
+    """1x1 class scores resized to ``reference`` (the input image), in float32.
+
+    The resize layer's float32 dtype policy keeps logits in float32 under a mixed
+    precision policy, so losses and softmax never run in half precision.
+    """
+    x = keras.layers.Conv2D(num_classes, 1, name=f"{name}_conv")(x)
+    return ResizeLike(name=name, dtype="float32")([x, reference])

@@ -1,0 +1,94 @@
+"""Builders: every registered model x frontend, mixed precision, saving."""
+
+import keras
+import numpy as np
+import pytest
+
+import semseg_suite
+from semseg_suite import build_model
+from semseg_suite.layers import AtrousConv2D
+
+PAIRS = [(m, f) for m in semseg_suite.list_models() for f in semseg_suite.list_frontends()]
+
+
+@pytest.fixture(autouse=True)
+def _clear_session():
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("model_name,frontend", PAIRS)
+def test_every_model_and_frontend_gives_full_size_finite_logits(model_name, frontend):
+    model = build_model(model_name, frontend, num_classes=5)
+    rng = np.random.default_rng(0)
+    for shape in [(2, 96, 96, 3), (1, 45, 67, 3)]:
+        logits = model(rng.normal(size=shape).astype("float32"), training=False)
+        assert tuple(logits.shape) == shape[:3] + (5,)
+        assert logits.dtype == "float32"
+        assert np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("model_name", semseg_suite.list_models())
+def test_smallest_supported_size(model_name):
+    model = build_model(model_name, "MobileNetV2", num_classes=3)
+    assert tuple(model(np.zeros((1, 32, 33, 3), "float32")).shape) == (1, 32, 33, 3)
+
+
+def test_default_frontend_and_output_stride():
+    model = build_model("DeepLabV3_plus", num_classes=4)
+    assert model.name == "DeepLabV3_plus_Xception"
+    # Output stride 16: the last Xception block is dilated by 2.
+    assert model.get_layer("block14_sepconv1").dilation_rate == (2, 2)
+    assert model.get_layer("aspp_3x3_1_depthwise").dilation_rate == (6, 6)
+
+
+def test_aspp_rates_double_at_output_stride_8():
+    model = build_model("DeepLabV3", "MobileNetV2", num_classes=4, output_stride=8)
+    rates = [model.get_layer(f"aspp_3x3_{i}_conv").dilation_rate[0] for i in (1, 2, 3)]
+    assert rates == [12, 24, 36]
+    assert isinstance(model.get_layer("aspp_3x3_1_conv"), AtrousConv2D)
+
+
+def test_logits_stay_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("DeepLabV3_plus", "MobileNetV2", num_classes=3)
+        assert model.get_layer("aspp_projection_conv").compute_dtype == "bfloat16"
+        logits = model(np.zeros((1, 64, 64, 3), "float32"))
+        assert logits.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(ValueError, match="known: DeepLabV3, DeepLabV3_plus"):
+        build_model("DeepLabV4", num_classes=3)
+
+
+@pytest.mark.parametrize(
+    "model_name,frontend,output_stride",
+    [("DeepLabV3_plus", "MobileNetV2", 16), ("DeepLabV3", "ResNet50", 8)],
+)
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_save_and_reload_give_equal_outputs(tmp_path, model_name, frontend, output_stride, suffix):
+    model = build_model(model_name, frontend, num_classes=4, output_stride=output_stride)
+    x = np.random.default_rng(1).normal(size=(1, 57, 71, 3)).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    keras.backend.clear_session()
+    reloaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), expected, atol=1e-5)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in reloaded.layers)
+
+
+@pytest.mark.parametrize("rate", [2, 6, 12])
+@pytest.mark.parametrize("size", [(9, 9), (16, 21)])
+def test_atrous_conv_equals_keras_conv(rate, size):
+    x = np.random.default_rng(rate).normal(size=(2, *size, 8)).astype("float32")
+    reference = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=rate)
+    expected = reference(x)
+    fast = AtrousConv2D.from_config(reference.get_config())
+    fast.build(x.shape)
+    fast.set_weights(reference.get_weights())
+    np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(expected), atol=1e-4)
