@@ -1,0 +1,90 @@
+"""Checkpoints: a Keras model plus the metadata needed to reuse it.
+
+A checkpoint is one self-contained file: ``.keras`` (weights, architecture and
+optimizer state: what training resumes from) or ``.h5`` (architecture and weights,
+for reuse anywhere Keras runs; a legacy ``.h5`` cannot restore Keras 3 optimizer
+state). Both carry a JSON metadata record (model, frontend, classes, colours, input
+normalisation, training progress): inside the ``.keras`` zip as
+``semseg_suite.json``, and as a root attribute of the ``.h5`` file. Keras ignores
+both, so ``keras.models.load_model`` reads the files as usual after
+``import semseg_suite``.
+
+Files are written to a temporary name in the same folder and moved into place with
+``os.replace``, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import zipfile
+
+import h5py
+import keras
+
+import semseg_suite  # noqa: F401  (registers custom layers for loading)
+
+METADATA_NAME = "semseg_suite.json"
+METADATA_ATTR = "semseg_suite"
+FORMATS = (".keras", ".h5")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or carries no metadata."""
+
+
+def save_checkpoint(model: keras.Model, path, metadata: dict) -> pathlib.Path:
+    """Atomically writes ``model`` with ``metadata`` to ``path`` (.keras or .h5)."""
+    path = pathlib.Path(path)
+    if path.suffix not in FORMATS:
+        raise CheckpointError(f"{path}: checkpoint must end in .keras or .h5")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    text = json.dumps(metadata, sort_keys=True)
+    try:
+        model.save(partial)
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(partial, "a") as archive:
+                archive.writestr(METADATA_NAME, text)
+        else:
+            with h5py.File(partial, "a") as file:
+                file.attrs[METADATA_ATTR] = text
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path) -> dict:
+    """The metadata record of a checkpoint, without loading the model."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read(METADATA_NAME))
+        if path.suffix == ".h5":
+            with h5py.File(path, "r") as file:
+                return json.loads(file.attrs[METADATA_ATTR])
+    except (KeyError, OSError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{path}: not a semseg-suite checkpoint or corrupt ({type(error).__name__}: {error})"
+        ) from None
+    raise CheckpointError(f"{path}: checkpoint must end in .keras or .h5")
+
+
+def load_checkpoint(path, *, compile: bool = False) -> tuple[keras.Model, dict]:
+    """Loads a checkpoint's model and metadata.
+
+    Args:
+        path: a ``.keras`` or ``.h5`` file written by ``save_checkpoint``.
+        compile: restore the optimizer (``.keras`` only), for resuming training.
+    """
+    metadata = read_metadata(path)
+    try:
+        model = keras.models.load_model(path, compile=compile)
+    except Exception as error:  # keras raises assorted types for unreadable files
+        raise CheckpointError(f"{path}: cannot load the model ({error})") from error
+    return model, metadata
