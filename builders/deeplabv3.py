@@ -35,7 +35,7 @@ def build_deeplabv3(
     ResNet frontend, the last stage (the paper's block4) uses multi-grid unit rates
     (1, 2, 4) times its atrous rate: the registry asks the frontend for them.
 
-    Differences from the paper: BN momentum 0.99 instead of decay 0.9997 (see
+    Differences from the paper: BN momentum 0.9 instead of decay 0.9997 (see
     ``semseg_suite.layers``); atrous rates at output stride 32 are scaled to
     (3, 6, 9) rather than left undefined.
 

@@ -36,7 +36,7 @@ def build_deeplabv3_plus(
 
     The paper's frontend is the aligned Xception-65; the default here is
     ``keras.applications``' original Xception (see ``frontends.xception``). The
-    paper does not use multi-grid for DeepLabV3+, nor do we. BN momentum is 0.99
+    paper does not use multi-grid for DeepLabV3+, nor do we. BN momentum is 0.9
     rather than decay 0.9997 (see ``semseg_suite.layers``).
 
     Args:

@@ -11,6 +11,12 @@ Frontends reuse ``keras.applications`` networks, so ImageNet weights load by
 layer name. Turning strides into dilation is done by cloning the network with
 changed layer configs; every layer name and weight shape is kept, and the weights
 are copied over by name.
+
+Every batch norm of a frontend uses the suite's momentum (``BN_MOMENTUM``, 0.9):
+``keras.applications`` ships 0.99 (0.999 for MobileNetV2), whose moving statistics
+lag the weights for the first hundreds to thousands of steps, so short fine-tuning
+or from-scratch runs would evaluate with statistics that do not match the weights.
+The momentum is a training setting only; pretrained statistics load unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Callable, Mapping
 
 import keras
 
-from semseg_suite.layers import AtrousConv2D
+from semseg_suite.layers import BN_MOMENTUM, AtrousConv2D
 
 log = logging.getLogger("semseg_suite")
 
@@ -201,6 +207,9 @@ def build_frontend_model(
     for layer_name, overrides in (extra_overrides or {}).items():
         plan[layer_name] = {**plan.get(layer_name, {}), **overrides}
     net = clone_with_overrides(base, plan)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     outputs = {
         endpoint_name(stride): net.get_layer(endpoints[stride]).output for stride in STRIDES
     }

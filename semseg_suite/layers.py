@@ -15,10 +15,12 @@ from keras import ops
 
 PACKAGE = "semseg_suite"
 
-# Batch-norm settings shared by the heads. Momentum is Keras' 0.99 rather than the
-# 0.9997 decay of the DeepLab code: that value assumes schedules of 30k+ steps, and
-# the moving statistics of short runs would barely leave their initial values.
-BN_MOMENTUM = 0.99
+# Batch-norm settings shared by heads and frontends. Momentum 0.9 (PyTorch's 0.1,
+# as in torchvision and mmsegmentation) rather than the 0.9997 decay of the DeepLab
+# code: that value assumes schedules of 30k+ steps, and with it the moving
+# statistics of short runs barely leave their initial values, so inference-mode
+# predictions would not match training.
+BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
@@ -58,7 +60,10 @@ class ResizeLike(keras.layers.Layer):
     """Resizes ``inputs[0]`` to the height and width of ``inputs[1]``.
 
     Fusing by a reference tensor's shape, not by a fixed factor, keeps odd input
-    sizes and valid-padding frontends working.
+    sizes and valid-padding frontends working. On TensorFlow it calls
+    ``tf.image.resize`` (the op behind ``keras.ops.image.resize``) directly, because
+    the Keras wrapper checks sizes in Python and fails when they are only known
+    at run time (a ``tf.function`` traced for any image size).
 
     Args:
         interpolation: any method ``keras.ops.image.resize`` accepts.
@@ -71,6 +76,11 @@ class ResizeLike(keras.layers.Layer):
     def call(self, inputs):
         x, reference = inputs
         size = ops.shape(reference)[1:3]
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            resized = tf.image.resize(x, tf.stack(size), method=self.interpolation)
+            return tf.cast(resized, x.dtype)
         return ops.image.resize(x, size, interpolation=self.interpolation)
 
     def compute_output_shape(self, input_shapes):

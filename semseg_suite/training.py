@@ -97,7 +97,7 @@ class Trainer:
         with strategy.scope():
             self.train_confusion = metrics.ConfusionMatrix(num_classes, ignore_index)
         self._gradients = tf.function(self._loss_and_gradients, jit_compile=jit_compile)
-        self._train_step = tf.function(self._distributed_train_step)
+        self.train_step = tf.function(self._distributed_train_step)
         self._eval_step = tf.function(self._evaluate_batch, reduce_retracing=True)
 
     def _loss_and_gradients(self, images, labels, global_valid):
@@ -137,7 +137,7 @@ class Trainer:
         self.train_confusion.reset_state()
         total = 0.0
         for step, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset), 1):
-            loss = float(self._train_step(batch))
+            loss = float(self.train_step(batch))
             total += loss
             if progbar is not None:
                 progbar.update(step, [("loss", loss)])

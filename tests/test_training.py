@@ -1,0 +1,182 @@
+"""Training loop, checkpoints and the three scripts, end to end on tiny data."""
+
+import csv
+import importlib.util
+import json
+import pathlib
+import zipfile
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import semseg_suite
+from semseg_suite import data, export, synthetic, training
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    """Imports a top-level script by path (``test.py`` would clash with the stdlib ``test``)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train, test_script, predict = (load_script(n) for n in ("train", "test", "predict"))
+
+
+@pytest.fixture(autouse=True)
+def _clear_session():
+    yield
+    keras.backend.clear_session()
+
+
+def squares(rng, count, size=64):
+    """Images of one bright textured square on a noisy dark background."""
+    images = rng.normal(0.3, 0.15, (count, size, size, 3)).astype("float32")
+    labels = np.zeros((count, size, size), "int32")
+    for image, label in zip(images, labels):
+        side = rng.integers(14, 30)
+        y, x = rng.integers(0, size - side, 2)
+        image[y : y + side, x : x + side] += 0.8
+        label[y : y + side, x : x + side] = 1
+        label[y, x : x + side] = data.IGNORE_INDEX  # void rows must not matter
+    return images, labels
+
+
+def test_model_learns_a_tiny_task():
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.get_strategy()
+    model = semseg_suite.build_model("DeepLabV3_plus", "MobileNetV2", num_classes=2)
+    steps = 150
+    model.compile(optimizer=keras.optimizers.Adam(training.poly_schedule(2e-3, steps)))
+    trainer = training.Trainer(model, strategy, num_classes=2)
+    images, labels = squares(rng, 256)
+    train_set = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(256, seed=0).repeat().batch(8)
+    trainer.train_epoch(train_set.take(steps), steps)
+    val_images, val_labels = squares(rng, 16)
+    _, confusion = trainer.evaluate(tf.data.Dataset.from_tensor_slices((val_images, val_labels)).batch(4))
+    scores = semseg_suite.metrics.scores_from_confusion(confusion)
+    assert confusion.sum() == np.sum(val_labels != data.IGNORE_INDEX)
+    assert scores["pixel_accuracy"] > 0.95, scores
+    assert scores["iou"][1] > 0.7, scores
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    synthetic.generate_dataset(root, num_train=4, num_val=2, num_test=2, size=64)
+    return root
+
+
+def run_train(tiny_dataset, out_dir, *extra):
+    argv = [
+        "--model", "DeepLabV3_plus", "--frontend", "MobileNetV2", "--dataset", str(tiny_dataset),
+        "--batch_size", "2", "--crop-height", "64", "--crop_width", "64", "--frontend-weights", "none",
+        "--checkpoint-dir", str(out_dir), "--optimizer", "adam", "--learning-rate", "1e-3", *extra,
+    ]
+    assert train.main(argv) == 0
+
+
+def test_train_test_predict_scripts(tiny_dataset, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    run_train(tiny_dataset, out_dir, "--num_epochs", "1", "--h_flip", "True", "--rotation", "10")
+    for name in ("latest.keras", "latest.h5", "best.keras", "best.h5", "log.csv", "loss.png", "val_miou.png"):
+        assert (out_dir / name).is_file(), name
+    meta = export.read_metadata(out_dir / "best.h5")
+    info = data.load_dataset(tiny_dataset)
+    assert meta["model"] == "DeepLabV3_plus" and meta["frontend"] == "MobileNetV2"
+    assert meta["class_names"] == list(info.class_names) and meta["preprocessing"] == "tf"
+    assert meta["epoch"] == 1
+    with (out_dir / "log.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1 and 0.0 <= float(rows[0]["val_miou"]) <= 1.0
+
+    report_dir = tmp_path / "report"
+    assert test_script.main(["--checkpoint", str(out_dir / "best.keras"), "--output-dir", str(report_dir)]) == 0
+    with (report_dir / "per_class.csv").open() as file:
+        per_class = list(csv.DictReader(file))
+    assert [row["class"] for row in per_class] == list(info.class_names)
+    assert {"iou", "precision", "recall", "f1", "support"} <= set(per_class[0])
+    overall = dict(csv.reader((report_dir / "overall.csv").open()))
+    assert float(overall["ms_per_image"]) > 0 and int(overall["num_images"]) == 2
+    assert len(list(report_dir.glob("*.png"))) == 2
+    assert "mean_iou" in capsys.readouterr().out
+
+    images = tmp_path / "images"
+    images.mkdir()
+    odd = np.random.default_rng(0).integers(0, 255, (71, 53, 3), dtype=np.uint8)
+    cv2.imwrite(str(images / "odd.png"), odd)
+    cv2.imwrite(str(images / "other.jpg"), odd[:40])
+    predictions = tmp_path / "predictions"
+    assert predict.main(["--image", str(images), "--checkpoint", str(out_dir / "best.h5"),
+                         "--output-dir", str(predictions)]) == 0
+    for stem, shape in (("odd", (71, 53, 3)), ("other", (40, 53, 3))):
+        for kind in ("mask", "overlay"):
+            written = cv2.imread(str(predictions / f"{stem}_{kind}.png"))
+            assert written is not None and written.shape == shape
+    colours = {tuple(c) for c in meta["colors"]}
+    mask = cv2.cvtColor(cv2.imread(str(predictions / "odd_mask.png")), cv2.COLOR_BGR2RGB)
+    assert {tuple(p) for p in mask.reshape(-1, 3)} <= colours
+
+
+def test_resume_continues_with_optimizer_state(tiny_dataset, tmp_path):
+    out_dir = tmp_path / "run"
+    run_train(tiny_dataset, out_dir, "--num-epochs", "1")
+    first, _ = export.load_checkpoint(out_dir / "latest.keras", compile=True)
+    assert int(first.optimizer.iterations) == 2
+    run_train(tiny_dataset, out_dir, "--num-epochs", "2", "--continue_training")
+    resumed, meta = export.load_checkpoint(out_dir / "latest.keras", compile=True)
+    assert meta["epoch"] == 2
+    assert int(resumed.optimizer.iterations) == 4  # 2 steps per epoch, continued, not restarted
+    with (out_dir / "log.csv").open() as file:
+        assert [int(row["epoch"]) for row in csv.DictReader(file)] == [0, 1]
+
+
+def test_checkpoints_are_plain_keras_files(tiny_dataset, tmp_path):
+    model = semseg_suite.build_model("DeepLabV3", "MobileNetV2", num_classes=3)
+    for suffix in (".keras", ".h5"):
+        path = export.save_checkpoint(model, tmp_path / f"m{suffix}", {"model": "DeepLabV3"})
+        assert not list(tmp_path.glob("*.partial*"))
+        reloaded = keras.models.load_model(path, compile=False)
+        assert reloaded.count_params() == model.count_params()
+        assert export.read_metadata(path) == {"model": "DeepLabV3"}
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        assert json.loads(archive.read(export.METADATA_NAME)) == {"model": "DeepLabV3"}
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "bogus.keras"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(export.CheckpointError, match="bogus.keras"):
+        export.load_checkpoint(bogus)
+
+
+def test_bad_dataset_fails_before_training_and_names_the_file(tiny_dataset, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    synthetic.generate_dataset(broken, num_train=3, num_val=1, num_test=1, size=48)
+    victim = sorted((broken / "train_labels").iterdir())[0]
+    victim.unlink()
+    argv = ["--dataset", str(broken), "--frontend", "MobileNetV2", "--frontend-weights", "none",
+            "--checkpoint-dir", str(tmp_path / "out"), "--num-epochs", "1", "--batch-size", "1"]
+    assert train.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert victim.stem in error and error.count("\n") == 0
+    assert not (tmp_path / "out" / "latest.keras").exists()
+
+
+def test_cli_accepts_old_suite_aliases():
+    args = train.parse_args(["--num_epochs", "3", "--crop_height", "64", "--crop_width", "80", "--batch_size", "2",
+                             "--h_flip", "False", "--v_flip", "--brightness", "0.2", "--rotation", "5",
+                             "--continue_training", "--learning_rate", "0.1"])
+    config = train.config_from_args(args)
+    assert (config.num_epochs, config.crop_height, config.crop_width, config.batch_size) == (3, 64, 80, 2)
+    assert config.resume and config.learning_rate == 0.1
+    assert config.augment == data.AugmentConfig(h_flip=False, v_flip=True, brightness=0.2, rotation=5.0)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "NoSuchNet"])
