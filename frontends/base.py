@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from typing import Callable, Mapping
 
 import keras
@@ -90,7 +91,11 @@ def application(app_fn: Callable[..., keras.Model], name: str, input_shape, weig
     if weights not in (None, "imagenet") and not os.path.isfile(str(weights)):
         raise FileNotFoundError(f"{weights}: frontend weights file not found")
     try:
-        return app_fn(include_top=False, weights=weights, input_shape=tuple(input_shape))
+        with warnings.catch_warnings():
+            # MobileNetV2 warns that sizes other than 96-224 px get 224-px weights:
+            # true and harmless for a fully convolutional frontend.
+            warnings.filterwarnings("ignore", message=".*Weights for input shape")
+            return app_fn(include_top=False, weights=weights, input_shape=tuple(input_shape))
     except Exception as error:  # keras raises a bare Exception on a failed download
         if weights != "imagenet":
             raise

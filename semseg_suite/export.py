@@ -10,14 +10,19 @@ both, so ``keras.models.load_model`` reads the files as usual after
 ``import semseg_suite``.
 
 Files are written to a temporary name in the same folder and moved into place with
-``os.replace``, so a crash never leaves a half-written checkpoint.
+``os.replace``, so a crash never leaves a half-written checkpoint. Since files are
+only ever replaced, never changed in place, ``copy_checkpoint`` can hard-link a
+just-written ``latest`` as ``best`` instead of serialising the model again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
+import shutil
 import zipfile
 
 import h5py
@@ -43,17 +48,56 @@ def save_checkpoint(model: keras.Model, path, metadata: dict) -> pathlib.Path:
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")
     text = json.dumps(metadata, sort_keys=True)
     try:
-        model.save(partial)
         if path.suffix == ".keras":
+            model.save(partial)
             with zipfile.ZipFile(partial, "a") as archive:
                 archive.writestr(METADATA_NAME, text)
         else:
+            with _quiet_legacy_h5_warning():
+                model.save(partial, include_optimizer=False)
             with h5py.File(partial, "a") as file:
                 file.attrs[METADATA_ATTR] = text
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def copy_checkpoint(source, destination) -> pathlib.Path:
+    """Atomically makes ``destination`` a copy of ``source`` (a hard link where possible)."""
+    source, destination = pathlib.Path(source), pathlib.Path(destination)
+    partial = destination.with_name(f"{destination.stem}.partial{destination.suffix}")
+    partial.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
+        os.replace(partial, destination)
+    finally:
+        partial.unlink(missing_ok=True)
+    return destination
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_legacy_h5_warning():
+    """Keras warns on every ``.h5`` save that the format is legacy; we write it on purpose."""
+    logger = logging.getLogger("absl")
+    quiet = _DropMessage("saving your model as an HDF5 file")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def read_metadata(path) -> dict:

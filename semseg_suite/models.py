@@ -22,6 +22,10 @@ def default_frontend(model: str) -> str:
     return builders.MODELS.get(model).default_frontend
 
 
+def default_output_stride(model: str) -> int:
+    return builders.MODELS.get(model).default_output_stride
+
+
 def preprocessing_mode(frontend: str) -> str:
     """The input normalisation a frontend expects (a ``preprocess_input`` mode)."""
     return frontends.FRONTENDS.get(frontend).preprocessing

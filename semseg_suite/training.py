@@ -223,14 +223,7 @@ def _truncate_log(path: pathlib.Path, epochs_done: int) -> None:
         writer.writerows(row for row in rows if int(row["epoch"]) < epochs_done)
 
 
-def train(config: TrainConfig) -> dict:
-    """Trains a model as configured; returns a summary of the run.
-
-    Writes to ``config.checkpoint_dir``: ``latest`` and ``best`` (by val mIoU)
-    checkpoints as ``.keras`` and ``.h5``, ``log.csv`` and loss / mIoU plots.
-    """
-    config = resolve_defaults(config)
-    keras.utils.set_random_seed(config.seed)
+def _load_data(config: TrainConfig) -> data.DatasetInfo:
     if config.dataset is None:
         from semseg_suite import synthetic
 
@@ -240,14 +233,76 @@ def train(config: TrainConfig) -> dict:
         root = pathlib.Path(config.dataset)
     info = data.load_dataset(root, ignore_class=config.ignore_class)
     log.info("%s", data.describe(info))
+    if len(info.splits["train"]) < config.batch_size:
+        raise data.DatasetError(
+            f"{info.root / 'train'}: {len(info.splits['train'])} images, fewer than --batch-size {config.batch_size}"
+        )
+    return info
+
+
+def _build_or_resume(config: TrainConfig, info: data.DatasetInfo, total_steps: int, paths) -> tuple[keras.Model, dict]:
+    """The model (compiled with its optimizer) and the progress it starts from.
+
+    Call inside ``strategy.scope()``.
+    """
+    latest = paths["latest.keras"]
+    if config.resume and latest.exists():
+        model, state = export.load_checkpoint(latest, compile=True)
+        for key in ("model", "frontend"):
+            if state.get(key) != getattr(config, key):
+                raise export.CheckpointError(
+                    f"{latest}: checkpoint is {key} {state.get(key)!r}, but --{key} is {getattr(config, key)!r}"
+                )
+        log.info("Resuming from %s after epoch %d", latest, state["epoch"])
+        return model, {key: state.get(key) for key in ("epoch", "best_val_miou", "best_epoch")}
+    if config.resume:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", latest.parent)
+    model = semseg_suite.build_model(
+        config.model,
+        config.frontend,
+        num_classes=info.num_classes,
+        output_stride=config.output_stride,
+        frontend_weights=config.frontend_weights,
+    )
+    schedule = poly_schedule(config.learning_rate, total_steps)
+    model.compile(optimizer=make_optimizer(config.optimizer, schedule))
+    return model, {"epoch": 0, "best_val_miou": -1.0, "best_epoch": None}
+
+
+def _metadata(config: TrainConfig, info: data.DatasetInfo) -> dict:
+    """What test.py and predict.py need besides the model, stored in checkpoints."""
+    return {
+        "format_version": 1,
+        "suite_version": semseg_suite.__version__,
+        "model": config.model,
+        "frontend": config.frontend,
+        "output_stride": config.output_stride or semseg_suite.models.default_output_stride(config.model),
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "colors": [list(c) for c in info.colors],
+        "preprocessing": semseg_suite.preprocessing_mode(config.frontend),
+        "ignore_index": data.IGNORE_INDEX,
+        "ignore_class": config.ignore_class,
+        "dataset": str(info.root.resolve()),
+        "crop_size": [config.crop_height, config.crop_width],
+        "epochs": config.num_epochs,
+        "seed": config.seed,
+    }
+
+
+def train(config: TrainConfig) -> dict:
+    """Trains a model as configured; returns a summary of the run.
+
+    Writes to ``config.checkpoint_dir``: ``latest`` and ``best`` (by val mIoU)
+    checkpoints as ``.keras`` and ``.h5``, ``log.csv`` and loss / mIoU plots.
+    """
+    config = resolve_defaults(config)
+    keras.utils.set_random_seed(config.seed)
+    info = _load_data(config)
     val_split = "val" if "val" in info.splits else None
     preprocessing = semseg_suite.preprocessing_mode(config.frontend)
     crop = (config.crop_height, config.crop_width)
     steps = len(info.splits["train"]) // config.batch_size
-    if steps == 0:
-        raise data.DatasetError(
-            f"{root / 'train'}: {len(info.splits['train'])} images, fewer than --batch-size {config.batch_size}"
-        )
 
     strategy = select_strategy(config.strategy)
     jit_compile = resolve_xla(config.xla)
@@ -255,83 +310,42 @@ def train(config: TrainConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = checkpoint_paths(out_dir)
     log_path = out_dir / "log.csv"
-
     with strategy.scope():
-        if config.resume and paths["latest.keras"].exists():
-            model, state = export.load_checkpoint(paths["latest.keras"], compile=True)
-            _check_resume(state, config, paths["latest.keras"])
-            initial_epoch, best = state["epoch"], state.get("best_val_miou", -1.0)
-            best_epoch = state.get("best_epoch")
-            log.info("Resuming from %s after epoch %d", paths["latest.keras"], initial_epoch)
-        else:
-            if config.resume:
-                log.warning("--resume: no checkpoint in %s, starting from scratch", out_dir)
-            model = semseg_suite.build_model(
-                config.model,
-                config.frontend,
-                num_classes=info.num_classes,
-                output_stride=config.output_stride,
-                frontend_weights=config.frontend_weights,
-            )
-            schedule = poly_schedule(config.learning_rate, config.num_epochs * steps)
-            model.compile(optimizer=make_optimizer(config.optimizer, schedule))
-            initial_epoch, best, best_epoch = 0, -1.0, None
-            log_path.unlink(missing_ok=True)
+        model, progress = _build_or_resume(config, info, config.num_epochs * steps, paths)
     trainer = Trainer(model, strategy, info.num_classes, jit_compile=jit_compile)
-    _truncate_log(log_path, initial_epoch)
+    _truncate_log(log_path, progress["epoch"])
 
     log.info(
         "Training %s on %s | %d epochs x %d steps | global batch %d, crop %dx%d | %s lr %g (poly) | "
         "strategy %s (%d replicas) | XLA %s | outputs in %s",
-        model.name, root, config.num_epochs, steps, config.batch_size, *crop, config.optimizer,
+        model.name, info.root, config.num_epochs, steps, config.batch_size, *crop, config.optimizer,
         config.learning_rate, type(strategy).__name__, strategy.num_replicas_in_sync,
         "on" if jit_compile else "off", out_dir,
     )
-    metadata = {
-        "format_version": 1,
-        "suite_version": semseg_suite.__version__,
-        "model": config.model,
-        "frontend": config.frontend,
-        "output_stride": config.output_stride or _default_output_stride(config.model),
-        "num_classes": info.num_classes,
-        "class_names": list(info.class_names),
-        "colors": [list(c) for c in info.colors],
-        "preprocessing": preprocessing,
-        "ignore_index": data.IGNORE_INDEX,
-        "ignore_class": config.ignore_class,
-        "dataset": str(pathlib.Path(root).resolve()),
-        "crop_size": list(crop),
-        "epochs": config.num_epochs,
-        "seed": config.seed,
-    }
-    csv_logger = keras.callbacks.CSVLogger(str(log_path), append=True)
-    callbacks = keras.callbacks.CallbackList([csv_logger], model=model)
+    metadata = _metadata(config, info)
+    callbacks = keras.callbacks.CallbackList([keras.callbacks.CSVLogger(str(log_path), append=True)], model=model)
     callbacks.on_train_begin()
     val_dataset = (
         data.make_eval_dataset(info, val_split, preprocessing=preprocessing, cache=True) if val_split else None
     )
+    best, best_epoch = progress["best_val_miou"], progress["best_epoch"]
     history = []
-    for epoch in range(initial_epoch, config.num_epochs):
+    for epoch in range(progress["epoch"], config.num_epochs):
         print(f"Epoch {epoch + 1}/{config.num_epochs}", flush=True)
         dataset = data.make_train_dataset(
             info, "train", batch_size=config.batch_size, crop_size=crop, preprocessing=preprocessing,
             augment=config.augment, seed=config.seed, epoch=epoch,
         )
-        progbar = keras.utils.Progbar(steps, stateful_metrics=["val_loss", "val_miou"])
         start = time.perf_counter()
-        logs = trainer.train_epoch(dataset, steps, progbar)
+        logs = trainer.train_epoch(dataset, steps, keras.utils.Progbar(steps))
         logs["seconds"] = time.perf_counter() - start
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         if val_dataset is not None:
-            val_loss, confusion = trainer.evaluate(val_dataset)
-            logs["val_loss"] = val_loss
+            logs["val_loss"], confusion = trainer.evaluate(val_dataset)
             logs["val_miou"] = metrics.scores_from_confusion(confusion)["mean_iou"]
         score = logs.get("val_miou", logs["miou"])
-        print(
-            "  " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in ("seconds", "learning_rate")),
-            f"- {logs['seconds']:.0f}s",
-            flush=True,
-        )
+        shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in ("seconds", "learning_rate"))
+        print(f"  {shown} - {logs['seconds']:.0f}s", flush=True)
         callbacks.on_epoch_end(epoch, logs)
         improved = score > best
         if improved:
@@ -341,35 +355,20 @@ def train(config: TrainConfig) -> dict:
             export.save_checkpoint(model, paths[f"latest{suffix}"], state)
         if improved:
             for suffix in export.FORMATS:
-                export.save_checkpoint(model, paths[f"best{suffix}"], state)
+                export.copy_checkpoint(paths[f"latest{suffix}"], paths[f"best{suffix}"])
         visualize.plot_history(log_path, out_dir)
         history.append(logs)
     callbacks.on_train_end()
 
-    summary = {
+    log.info(
+        "Done. Best %s %.4f at epoch %s; checkpoints, log.csv and plots in %s; data in %s",
+        "val mIoU" if val_split else "train mIoU", best, best_epoch, out_dir, info.root,
+    )
+    return {
         "best_epoch": best_epoch,
         "best_val_miou": best,
         "checkpoint_dir": str(out_dir),
         "best_checkpoint": str(paths["best.keras"]),
-        "dataset": str(root),
+        "dataset": str(info.root),
         "history": history,
     }
-    log.info(
-        "Done. Best %s %.4f at epoch %s; checkpoints, log.csv and plots in %s; data in %s",
-        "val mIoU" if val_split else "train mIoU", best, best_epoch, out_dir, root,
-    )
-    return summary
-
-
-def _default_output_stride(model: str) -> int:
-    import builders
-
-    return builders.MODELS.get(model).default_output_stride
-
-
-def _check_resume(state: dict, config: TrainConfig, path) -> None:
-    for key in ("model", "frontend"):
-        if state.get(key) != getattr(config, key):
-            raise export.CheckpointError(
-                f"{path}: checkpoint is {key} {state.get(key)!r}, but --{key} is {getattr(config, key)!r}"
-            )

@@ -148,6 +148,10 @@ def test_checkpoints_are_plain_keras_files(tiny_dataset, tmp_path):
         assert export.read_metadata(path) == {"model": "DeepLabV3"}
     with zipfile.ZipFile(tmp_path / "m.keras") as archive:
         assert json.loads(archive.read(export.METADATA_NAME)) == {"model": "DeepLabV3"}
+    best = export.copy_checkpoint(tmp_path / "m.h5", tmp_path / "best.h5")
+    export.save_checkpoint(model, tmp_path / "m.h5", {"model": "changed"})  # replaces, never edits
+    assert export.read_metadata(best) == {"model": "DeepLabV3"}
+    assert export.read_metadata(tmp_path / "m.h5") == {"model": "changed"}
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
