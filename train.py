@@ -10,6 +10,7 @@ a cache folder), so it runs anywhere with no download.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -74,33 +75,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
-    weights = None if args.frontend_weights == "none" else args.frontend_weights
-    return training.TrainConfig(
-        model=args.model,
-        frontend=args.frontend,
-        dataset=args.dataset,
-        num_epochs=args.num_epochs,
-        batch_size=args.batch_size,
-        crop_height=args.crop_height,
-        crop_width=args.crop_width,
-        learning_rate=args.learning_rate,
-        optimizer=args.optimizer,
-        output_stride=args.output_stride,
-        frontend_weights=weights,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        seed=args.seed,
-        xla=args.xla,
-        strategy=args.strategy,
-        ignore_class=args.ignore_class,
-        augment=data.AugmentConfig(
-            scale_range=(args.scale_min, args.scale_max),
-            h_flip=args.h_flip,
-            v_flip=args.v_flip,
-            brightness=args.brightness,
-            rotation=args.rotation,
-        ),
+    """Flags map one to one onto ``TrainConfig`` fields; augmentation flags are grouped."""
+    names = {field.name for field in dataclasses.fields(training.TrainConfig)} - {"augment"}
+    augment = data.AugmentConfig(
+        scale_range=(args.scale_min, args.scale_max),
+        h_flip=args.h_flip,
+        v_flip=args.v_flip,
+        brightness=args.brightness,
+        rotation=args.rotation,
     )
+    return training.TrainConfig(**{name: getattr(args, name) for name in names}, augment=augment)
 
 
 def main(argv=None) -> int:

@@ -33,9 +33,6 @@ for _depth in ("ResNet50", "ResNet101", "ResNet152"):
 FRONTENDS.add("MobileNetV2", FrontendSpec("MobileNetV2", build_mobilenet_v2, "tf"))
 FRONTENDS.add("Xception", FrontendSpec("Xception", build_xception, "tf"))
 
-WEIGHT_CHOICES = ("auto", "imagenet", "none")
-
-
 def build_frontend(
     name: str,
     *,
@@ -79,7 +76,6 @@ __all__ = [
     "FRONTENDS",
     "OUTPUT_STRIDES",
     "STRIDES",
-    "WEIGHT_CHOICES",
     "FrontendSpec",
     "FrontendWeightsError",
     "build_frontend",
