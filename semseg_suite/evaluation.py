@@ -25,11 +25,11 @@ def evaluate(segmenter: Segmenter, info: data.DatasetInfo, split: str, *, out_di
         ``metrics.scores_from_confusion`` of the split plus ``ms_per_image`` (mean
         model time after one warm-up image) and ``num_images``.
     """
+    dataset = data.make_eval_dataset(info, split, preprocessing=segmenter.preprocessing)
+    pairs = info.splits[split]  # the split exists: the line above checked it
+    confusion = metrics.ConfusionMatrix(info.num_classes)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    confusion = metrics.ConfusionMatrix(info.num_classes)
-    pairs = info.splits[split]
-    dataset = data.make_eval_dataset(info, split, preprocessing=segmenter.preprocessing)
     timings = []
     for index, ((image_path, _), (image, label)) in enumerate(zip(pairs, dataset)):
         start = time.perf_counter()

@@ -108,6 +108,11 @@ def test_train_test_predict_scripts(tiny_dataset, tmp_path, capsys):
     assert len(list(report_dir.glob("*.png"))) == 2
     assert "mean_iou" in capsys.readouterr().out
 
+    missing_split = ["--checkpoint", str(out_dir / "best.keras"), "--split", "extra", "--output-dir", str(tmp_path / "x")]
+    assert test_script.main(missing_split) == 2
+    assert "extra" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
     images = tmp_path / "images"
     images.mkdir()
     odd = np.random.default_rng(0).integers(0, 255, (71, 53, 3), dtype=np.uint8)
