@@ -133,9 +133,12 @@ class Trainer:
         return loss_sum, valid, confusion
 
     def train_epoch(self, dataset: tf.data.Dataset, steps: int, progbar=None) -> dict:
-        """Runs one pass over ``dataset``; returns mean loss, pixel accuracy and mIoU."""
+        """Runs one pass over ``dataset``; returns mean loss, pixel accuracy and mIoU.
+
+        ``steps`` is the expected number of batches, for the progress bar.
+        """
         self.train_confusion.reset_state()
-        total = 0.0
+        total, step = 0.0, 0
         for step, batch in enumerate(self.strategy.experimental_distribute_dataset(dataset), 1):
             loss = float(self.train_step(batch))
             total += loss
@@ -143,7 +146,7 @@ class Trainer:
                 progbar.update(step, [("loss", loss)])
         scores = self.train_confusion.scores()
         return {
-            "loss": total / max(steps, 1),
+            "loss": total / max(step, 1),
             "pixel_accuracy": scores["pixel_accuracy"],
             "miou": scores["mean_iou"],
         }
