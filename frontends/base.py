@@ -22,7 +22,6 @@ The momentum is a training setting only; pretrained statistics load unchanged.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import warnings
 from typing import Callable, Mapping
@@ -31,11 +30,8 @@ import keras
 
 from semseg_suite.layers import BN_MOMENTUM, AtrousConv2D
 
-log = logging.getLogger("semseg_suite")
-
 STRIDES = (2, 4, 8, 16, 32)
 OUTPUT_STRIDES = (8, 16, 32)
-PREPROCESSING_MODES = ("caffe", "tf", "torch")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # the void label of every label map the suite produces
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 VOID_NAMES = ("void", "unlabelled", "unlabeled")
@@ -43,6 +43,17 @@ PREPROCESSING_MODES = ("caffe", "tf", "torch")
 # only when their estimated size is below this.
 _CACHE_LIMIT_BYTES = 2 * 1024**3
 _AUTOTUNE = tf.data.AUTOTUNE
+
+
+def valid_pixels(labels, num_classes, ignore_index=IGNORE_INDEX) -> tf.Tensor:
+    """Boolean mask of the labels that count: in ``[0, num_classes)`` and not void.
+
+    The one rule for which pixels enter losses and metrics; values outside the
+    class range are treated as void too (TensorFlow would fail on them on CPU).
+    """
+    labels = tf.convert_to_tensor(labels)
+    in_range = tf.logical_and(labels >= 0, labels < num_classes)
+    return tf.logical_and(in_range, labels != ignore_index)
 
 
 class DatasetError(ValueError):

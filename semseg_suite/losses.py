@@ -22,7 +22,7 @@ then add it to `LOSSES`.
 import keras
 import tensorflow as tf
 
-IGNORE_INDEX = 255
+from semseg_suite.data import IGNORE_INDEX, valid_pixels
 
 
 @keras.saving.register_keras_serializable(package="semseg_suite")
@@ -59,8 +59,7 @@ class MaskedSparseCrossentropy(keras.losses.SparseCategoricalCrossentropy):
     def call(self, y_true, y_pred):
         y_pred = tf.cast(y_pred, tf.float32)
         labels = tf.cast(y_true, tf.int32)
-        num_classes = tf.shape(y_pred)[-1]
-        valid = tf.logical_and(labels >= 0, labels < num_classes)
+        valid = valid_pixels(labels, tf.shape(y_pred)[-1], self.ignore_index)
         labels = tf.where(valid, labels, tf.fill(tf.shape(labels), self.ignore_index))
         return super().call(labels, y_pred)
 
@@ -105,9 +104,7 @@ def masked_loss_sum(loss_fn_none_reduction, y_true, logits, ignore_index=IGNORE_
     labels = tf.cast(y_true, tf.int32)
     if labels.shape.rank == logits.shape.rank and labels.shape[-1] == 1:
         labels = tf.squeeze(labels, axis=-1)
-    num_classes = tf.shape(logits)[-1]
-    valid = tf.logical_and(labels >= 0, labels < num_classes)
-    valid = tf.logical_and(valid, labels != ignore_index)
+    valid = valid_pixels(labels, tf.shape(logits)[-1], ignore_index)
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
     per_pixel = tf.cast(loss_fn_none_reduction(safe_labels, logits), tf.float32)
     per_pixel = tf.where(valid, per_pixel, tf.zeros_like(per_pixel))

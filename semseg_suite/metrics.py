@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-IGNORE_INDEX = 255
+from semseg_suite.data import IGNORE_INDEX, valid_pixels
 
 # float64 keeps integer counts exact up to 2**53 pixels; float32 would stop counting
 # exactly at 2**24 (16.7 M pixels, less than 20 Cityscapes images).
@@ -74,8 +74,7 @@ def confusion_matrix(
         replica functions). Sum it across replicas with `ReduceOp.SUM`.
     """
     labels, preds = _labels_and_predictions(y_true, y_pred, num_classes)
-    valid = tf.logical_and(labels >= 0, labels < num_classes)
-    valid = tf.logical_and(valid, labels != ignore_index)
+    valid = valid_pixels(labels, num_classes, ignore_index)
     weights = tf.cast(valid, _COUNT_DTYPE)
     if sample_weight is not None:
         sample_weight = tf.cast(sample_weight, _COUNT_DTYPE)

@@ -112,7 +112,7 @@ class Trainer:
         return loss, gradients, confusion
 
     def _replica_step(self, images, labels):
-        valid = tf.reduce_sum(tf.cast(tf.logical_and(labels >= 0, labels < self.num_classes), tf.float32))
+        valid = tf.reduce_sum(tf.cast(data.valid_pixels(labels, self.num_classes, self.ignore_index), tf.float32))
         context = tf.distribute.get_replica_context()
         global_valid = context.all_reduce(tf.distribute.ReduceOp.SUM, valid)
         loss, gradients, confusion = self._gradients(images, labels, global_valid)

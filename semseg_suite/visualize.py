@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-IGNORE_INDEX = 255
+from semseg_suite.data import IGNORE_INDEX
 
 
 def colorize(label_ids, colors, ignore_index=IGNORE_INDEX, ignore_color=(0, 0, 0)):
