@@ -1,9 +1,16 @@
 """Architectures ("builders"), one module each, and the model registry.
 
-Importing this package registers every builder in ``MODELS``.
+Importing this package imports every module in it, which registers each builder in
+``MODELS``.
 """
 
-from builders import deeplabv3, deeplabv3_plus  # noqa: F401  (registers the builders)
-from builders.base import MODELS, ModelSpec, register
+import importlib
+import pkgutil
 
-__all__ = ["MODELS", "ModelSpec", "register"]
+from builders.base import MODELS, ModelSpec, PaperParams, register
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["MODELS", "ModelSpec", "PaperParams", "register"]

@@ -6,6 +6,13 @@ a ``keras.Model`` from the same input to float32 logits of shape
 ``(batch, H, W, num_classes)``. Builders wire layers onto the frontend's own graph,
 so the result is one flat functional model whose layer names read like
 ``conv4_block6_out`` and ``aspp_projection_conv``.
+
+Architectures that define their own encoder (U-Net, SegNet, ENet, FC-DenseNet, ...)
+register with ``default_frontend=None``. Their builder is called as
+``build(None, num_classes, *, input_shape, **hyperparameters)`` and builds the
+whole network on ``keras.Input(input_shape)``; it takes no ``output_stride``. If
+such a builder also accepts a frontend (``takes_frontend=True``, e.g. U-Net on a
+ResNet), it is called as above when the user names one.
 """
 
 from __future__ import annotations
@@ -32,21 +39,81 @@ class ModelSpec:
 
     name: str
     build: Callable[..., keras.Model]
-    default_frontend: str
-    default_output_stride: int = 32
+    default_frontend: str | None
+    default_output_stride: int | None = 32
     multi_grid: tuple[int, ...] | None = None
+    takes_frontend: bool = True
+    paper_params: "PaperParams | None" = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperParams:
+    """The parameter count a paper reports, and the configuration it counts.
+
+    ``docs/MODELS.md`` and the tests build the model in this configuration and
+    compare its parameter count with ``params``.
+
+    Attributes:
+        params: the reported count (e.g. ``29.5e6``).
+        source: where it is reported, e.g. ``"Badrinarayanan et al. 2017, Table 6"``.
+        num_classes: the classes of the reported configuration.
+        frontend: the frontend of that configuration (``None``: the model's own).
+        input_channels: image channels of that configuration.
+        hyperparameters: builder arguments of that configuration.
+        tolerance: allowed relative difference (5%).
+        note: why ours differs, when it differs by more than ``tolerance``.
+    """
+
+    params: float
+    source: str
+    num_classes: int
+    frontend: str | None = None
+    input_channels: int = 3
+    hyperparameters: tuple[tuple[str, object], ...] = ()
+    tolerance: float = 0.05
+    note: str = ""
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def register(name: str, *, default_frontend: str, default_output_stride: int = 32, multi_grid=None):
-    """Decorator registering a builder function under ``name``."""
+def register(
+    name: str,
+    *,
+    default_frontend: str | None,
+    default_output_stride: int | None = 32,
+    multi_grid=None,
+    takes_frontend: bool = True,
+    paper_params: PaperParams | None = None,
+):
+    """Decorator registering a builder function under ``name``.
+
+    Args:
+        name: the ``--model`` name.
+        default_frontend: frontend used when none is given; ``None`` when the
+            architecture has its own encoder.
+        default_output_stride: frontend output stride used when none is given
+            (``None`` for models without a frontend).
+        multi_grid: last-stage unit rates asked of frontends that support them.
+        takes_frontend: whether a frontend may be given at all (``False`` for
+            models whose encoder is part of the architecture, e.g. ENet).
+        paper_params: the parameter count the paper reports, if it does.
+    """
+    if default_frontend is None:
+        default_output_stride = None
 
     def decorator(build):
         MODELS.add(
             name,
-            ModelSpec(name, build, default_frontend, default_output_stride, multi_grid),
+            ModelSpec(
+                name,
+                build,
+                default_frontend,
+                default_output_stride,
+                multi_grid,
+                takes_frontend,
+                paper_params,
+            ),
         )
         return build
 

@@ -91,6 +91,97 @@ class ResizeLike(keras.layers.Layer):
         return {**super().get_config(), "interpolation": self.interpolation}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaxPoolingWithArgmax2D(keras.layers.Layer):
+    """Non-overlapping ``k x k`` max-pooling that also returns where each max was.
+
+    Returns ``(pooled, indices)``: ``indices`` (int32, same shape as ``pooled``) is
+    the row-major position, in ``[0, k*k)``, of the maximum inside its window (the
+    first one on ties), per sample and channel: what SegNet and ENet keep to
+    unpool later. Inputs whose size is not a multiple of ``k`` are padded at the
+    bottom/right with the lowest value, so ``pooled`` is ``ceil(H/k) x ceil(W/k)``
+    (same padding). Window-relative indices, unlike ``tf.nn.max_pool_with_argmax``'s
+    flat ones, need no scatter to unpool and work on every Keras backend.
+
+    Args:
+        pool_size: window size and stride ``k`` (2 in SegNet and ENet).
+    """
+
+    def __init__(self, pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+
+    def call(self, x):
+        k = self.pool_size
+        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        channels = x.shape[-1]
+        pad_h, pad_w = (-height) % k, (-width) % k
+        lowest = -65504.0 if keras.backend.standardize_dtype(x.dtype) == "float16" else -3.0e38
+        x = ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], constant_values=lowest)
+        rows, cols = (height + pad_h) // k, (width + pad_w) // k
+        windows = ops.reshape(x, (batch, rows, k, cols, k, channels))
+        windows = ops.transpose(windows, (0, 1, 3, 5, 2, 4))
+        windows = ops.reshape(windows, (batch, rows, cols, channels, k * k))
+        indices = ops.cast(ops.argmax(windows, axis=-1), "int32")
+        pooled = ops.max(windows, axis=-1)
+        return pooled, indices
+
+    def compute_output_shape(self, input_shape):
+        def pooled(size):
+            return None if size is None else -(-size // self.pool_size)
+
+        shape = (input_shape[0], pooled(input_shape[1]), pooled(input_shape[2]), input_shape[3])
+        return shape, shape
+
+    def compute_output_spec(self, x):
+        shape, _ = self.compute_output_shape(x.shape)
+        return (
+            keras.KerasTensor(shape, dtype=self.compute_dtype),
+            keras.KerasTensor(shape, dtype="int32"),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaxUnpooling2D(keras.layers.Layer):
+    """Puts each value back where ``MaxPoolingWithArgmax2D`` found its maximum.
+
+    Called on ``[x, indices, reference]``: ``x`` at the pooled resolution,
+    ``indices`` from the matching pooling layer, and ``reference``, the tensor that
+    was pooled (only its height and width are used, so odd sizes round-trip).
+    Every other position of the output is zero (Badrinarayanan et al. 2017,
+    Fig. 3).
+
+    Args:
+        pool_size: the pooling layer's ``k``.
+    """
+
+    def __init__(self, pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+
+    def call(self, inputs):
+        x, indices, reference = inputs
+        k = self.pool_size
+        batch, rows, cols = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        channels = x.shape[-1]
+        mask = ops.one_hot(indices, k * k, dtype=x.dtype)
+        windows = ops.reshape(mask * ops.expand_dims(x, -1), (batch, rows, cols, channels, k, k))
+        windows = ops.transpose(windows, (0, 1, 4, 2, 5, 3))
+        full = ops.reshape(windows, (batch, rows * k, cols * k, channels))
+        height, width = ops.shape(reference)[1], ops.shape(reference)[2]
+        return full[:, :height, :width, :]
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, _, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
 def conv2d(filters: int, kernel_size: int, *, rate: int = 1, name: str, use_bias=False):
     """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
     cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D

@@ -18,16 +18,26 @@ def list_frontends() -> list[str]:
     return frontends.FRONTENDS.names()
 
 
-def default_frontend(model: str) -> str:
+def default_frontend(model: str) -> str | None:
+    """The model's default frontend; ``None`` when it has its own encoder."""
     return builders.MODELS.get(model).default_frontend
 
 
-def default_output_stride(model: str) -> int:
+def default_output_stride(model: str) -> int | None:
     return builders.MODELS.get(model).default_output_stride
 
 
-def preprocessing_mode(frontend: str) -> str:
-    """The input normalisation a frontend expects (a ``preprocess_input`` mode)."""
+# Models with their own encoder are trained from scratch on inputs scaled to [-1, 1].
+OWN_ENCODER_PREPROCESSING = "tf"
+
+
+def preprocessing_mode(frontend: str | None) -> str:
+    """The input normalisation a frontend expects (a ``preprocess_input`` mode).
+
+    ``None`` (a model with its own encoder) gets ``OWN_ENCODER_PREPROCESSING``.
+    """
+    if frontend is None:
+        return OWN_ENCODER_PREPROCESSING
     return frontends.FRONTENDS.get(frontend).preprocessing
 
 
@@ -45,11 +55,15 @@ def build_model(
 
     Args:
         model: a registered architecture, e.g. ``"DeepLabV3_plus"``.
-        frontend: a registered frontend, or ``None`` for the model's default.
+        frontend: a registered frontend, or ``None`` for the model's default
+            (which is the model's own encoder for U-Net, SegNet, ENet, ...).
         num_classes: number of output classes.
-        input_shape: ``(H, W, 3)``; ``None`` dims accept any size.
-        output_stride: 8, 16 or 32, or ``None`` for the model's default.
-        frontend_weights: ``None``, ``"imagenet"``, ``"auto"`` or a weights path.
+        input_shape: ``(H, W, C)``; ``None`` dims accept any size. Frontends take
+            ``C == 3``; models with their own encoder take any ``C``.
+        output_stride: 8, 16 or 32, or ``None`` for the model's default; only for
+            models on a frontend.
+        frontend_weights: ``None``, ``"imagenet"``, ``"auto"`` or a weights path;
+            ignored (except ``"imagenet"`` or a path, an error) without a frontend.
         **hyperparameters: forwarded to the builder (see its docstring).
 
     Returns:
@@ -57,10 +71,23 @@ def build_model(
         float32 logits of shape ``(batch, H, W, num_classes)``.
     """
     spec = builders.MODELS.get(model)
-    frontend = frontend or spec.default_frontend
-    output_stride = output_stride or spec.default_output_stride
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if frontend is not None and not spec.takes_frontend:
+        raise ValueError(f"{model} has its own encoder and takes no frontend (got {frontend!r})")
+    frontend = frontend or spec.default_frontend
+    if frontend is None:
+        if output_stride is not None:
+            raise ValueError(f"{model} has its own encoder: output_stride applies only to frontends")
+        if frontend_weights not in (None, "none", "auto"):
+            raise ValueError(
+                f"{model} has its own encoder, which has no pretrained weights "
+                f"(got frontend_weights={frontend_weights!r}); use none or auto"
+            )
+        net = spec.build(None, num_classes, input_shape=tuple(input_shape), **hyperparameters)
+        net.name = model
+        return net
+    output_stride = output_stride or spec.default_output_stride
     backbone = frontends.build_frontend(
         frontend,
         input_shape=input_shape,

@@ -203,7 +203,8 @@ def resolve_defaults(config: TrainConfig) -> TrainConfig:
     defaults = BUILTIN_DEFAULTS if config.dataset is None else DATASET_DEFAULTS
     values = {k: v if getattr(config, k) is None else getattr(config, k) for k, v in defaults.items()}
     frontend = config.frontend or semseg_suite.default_frontend(config.model)
-    checkpoint_dir = config.checkpoint_dir or str(pathlib.Path("checkpoints") / f"{config.model}_{frontend}")
+    run_name = config.model if frontend is None else f"{config.model}_{frontend}"
+    checkpoint_dir = config.checkpoint_dir or str(pathlib.Path("checkpoints") / run_name)
     return dataclasses.replace(config, frontend=frontend, checkpoint_dir=checkpoint_dir, **values)
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import semseg_suite
 from semseg_suite import data, export, synthetic, training
+from tiny_task import fit_squares
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,34 +36,10 @@ def _clear_session():
     keras.backend.clear_session()
 
 
-def squares(rng, count, size=64):
-    """Images of one bright textured square on a noisy dark background."""
-    images = rng.normal(0.3, 0.15, (count, size, size, 3)).astype("float32")
-    labels = np.zeros((count, size, size), "int32")
-    for image, label in zip(images, labels):
-        side = rng.integers(14, 30)
-        y, x = rng.integers(0, size - side, 2)
-        image[y : y + side, x : x + side] += 0.8
-        label[y : y + side, x : x + side] = 1
-        label[y, x : x + side] = data.IGNORE_INDEX  # void rows must not matter
-    return images, labels
-
-
 def test_model_learns_a_tiny_task():
-    rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
-    strategy = tf.distribute.get_strategy()
     model = semseg_suite.build_model("DeepLabV3_plus", "MobileNetV2", num_classes=2)
-    steps = 150
-    model.compile(optimizer=keras.optimizers.Adam(training.poly_schedule(2e-3, steps)))
-    trainer = training.Trainer(model, strategy, num_classes=2)
-    images, labels = squares(rng, 256)
-    train_set = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(256, seed=0).repeat().batch(8)
-    trainer.train_epoch(train_set.take(steps), steps)
-    val_images, val_labels = squares(rng, 16)
-    _, confusion = trainer.evaluate(tf.data.Dataset.from_tensor_slices((val_images, val_labels)).batch(4))
-    scores = semseg_suite.metrics.scores_from_confusion(confusion)
-    assert confusion.sum() == np.sum(val_labels != data.IGNORE_INDEX)
+    scores = fit_squares(model, steps=150, learning_rate=2e-3)
     assert scores["pixel_accuracy"] > 0.95, scores
     assert scores["iou"][1] > 0.7, scores
 
