@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     except (data.DatasetError, export.CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{meta['model']} + {meta['frontend']} on {info.root} [{split}]")
+    model_name = meta["model"] if meta["frontend"] is None else f"{meta['model']} + {meta['frontend']}"
+    print(f"{model_name} on {info.root} [{split}]")
     print(evaluation.format_table(scores, info.class_names))
     print(f"Wrote per_class.csv, overall.csv and {min(args.num_images, scores['num_images'])} images to {out_dir}")
     return 0

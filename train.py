@@ -32,9 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="DeepLabV3_plus", choices=semseg_suite.list_models())
     model.add_argument("--frontend", choices=semseg_suite.list_frontends(),
-                       help="backbone (default: the model's own, e.g. Xception for DeepLabV3_plus)")
+                       help="backbone (default: the model's: Xception for DeepLabV3_plus; "
+                            "none for models with their own encoder, e.g. U-Net, ENet)")
     model.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES,
-                       help="frontend output stride (default: the model's, 16 for DeepLab)")
+                       help="frontend output stride (default: the model's, 16 for DeepLab, 32 for most others)")
     model.add_argument("--frontend-weights", default="auto", metavar="auto|imagenet|none|PATH",
                        help="auto: ImageNet when cached or downloadable, else random init with a warning")
 

@@ -23,8 +23,16 @@ def default_frontend(model: str) -> str | None:
     return builders.MODELS.get(model).default_frontend
 
 
-def default_output_stride(model: str) -> int | None:
-    return builders.MODELS.get(model).default_output_stride
+def default_output_stride(model: str, frontend: str | None = None) -> int | None:
+    """The model's frontend output stride, ``None`` when it runs without a frontend.
+
+    A model whose default is its own encoder but which takes a frontend (U-Net)
+    runs that frontend at output stride 32.
+    """
+    spec = builders.MODELS.get(model)
+    if frontend is None and spec.default_frontend is None:
+        return None
+    return spec.default_output_stride or 32
 
 
 # Models with their own encoder are trained from scratch on inputs scaled to [-1, 1].
@@ -87,7 +95,7 @@ def build_model(
         net = spec.build(None, num_classes, input_shape=tuple(input_shape), **hyperparameters)
         net.name = model
         return net
-    output_stride = output_stride or spec.default_output_stride
+    output_stride = output_stride or default_output_stride(model, frontend)
     backbone = frontends.build_frontend(
         frontend,
         input_shape=input_shape,

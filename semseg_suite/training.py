@@ -280,7 +280,7 @@ def _metadata(config: TrainConfig, info: data.DatasetInfo) -> dict:
         "suite_version": semseg_suite.__version__,
         "model": config.model,
         "frontend": config.frontend,
-        "output_stride": config.output_stride or semseg_suite.models.default_output_stride(config.model),
+        "output_stride": config.output_stride or semseg_suite.models.default_output_stride(config.model, config.frontend),
         "num_classes": info.num_classes,
         "class_names": list(info.class_names),
         "colors": [list(c) for c in info.colors],

@@ -1,0 +1,98 @@
+"""Shared layers against NumPy references: argmax pooling, unpooling, FLOP counts."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from semseg_suite.flops import count_flops
+from semseg_suite.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+
+
+def numpy_pool_and_unpool(x, k):
+    """Reference: k x k / k max-pool (padding bottom/right) and unpooling to x's size."""
+    batch, height, width, channels = x.shape
+    pooled = np.zeros((batch, -(-height // k), -(-width // k), channels), x.dtype)
+    unpooled = np.zeros_like(x)
+    for b in range(batch):
+        for c in range(channels):
+            for i in range(pooled.shape[1]):
+                for j in range(pooled.shape[2]):
+                    window = x[b, i * k : (i + 1) * k, j * k : (j + 1) * k, c]
+                    r, s = np.unravel_index(np.argmax(window), window.shape)
+                    pooled[b, i, j, c] = window[r, s]
+                    unpooled[b, i * k + r, j * k + s, c] = window[r, s]
+    return pooled, unpooled
+
+
+@pytest.mark.parametrize("shape,k", [((2, 6, 8, 3), 2), ((1, 7, 5, 2), 2), ((1, 9, 10, 1), 3)])
+def test_unpooling_puts_each_maximum_back_at_its_argmax(shape, k):
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    pooled, indices = MaxPoolingWithArgmax2D(k)(x)
+    expected_pooled, expected_unpooled = numpy_pool_and_unpool(x, k)
+    np.testing.assert_array_equal(np.asarray(pooled), expected_pooled)
+    assert indices.dtype == "int32" and 0 <= np.min(indices) and np.max(indices) < k * k
+    unpooled = MaxUnpooling2D(k)([pooled, indices, x])
+    np.testing.assert_array_equal(np.asarray(unpooled), expected_unpooled)
+
+
+def test_unpooling_routes_the_decoder_values_not_the_pooled_ones():
+    x = np.random.default_rng(1).normal(size=(1, 4, 4, 1)).astype("float32")
+    _, indices = MaxPoolingWithArgmax2D()(x)
+    decoded = np.full((1, 2, 2, 1), 7.0, "float32")
+    unpooled = np.asarray(MaxUnpooling2D()([decoded, indices, x]))
+    _, expected_positions = numpy_pool_and_unpool(x, 2)
+    # Nonzero exactly where each window's maximum was (x has no exact zeros).
+    np.testing.assert_array_equal(unpooled != 0, expected_positions != 0)
+    assert np.all(unpooled[unpooled != 0] == 7.0)
+
+
+def test_pooling_and_unpooling_train_and_serialise(tmp_path):
+    inputs = keras.Input((None, None, 2))
+    pooled, indices = MaxPoolingWithArgmax2D(name="pool")(inputs)
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(pooled)
+    outputs = MaxUnpooling2D(name="unpool")([x, indices, inputs])
+    model = keras.Model(inputs, outputs)
+    x = tf.random.normal((2, 9, 11, 2), seed=0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x) ** 2)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    assert all(np.any(np.asarray(g) != 0) for g in gradients)
+    model.save(tmp_path / "unpool.keras")
+    reloaded = keras.models.load_model(tmp_path / "unpool.keras")
+    np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(model(x)))
+
+
+def test_flops_match_a_hand_count():
+    inputs = keras.Input((32, 48, 8))
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same")(inputs)  # 16x24 out
+    x = keras.layers.Conv2D(16, 3, padding="same", groups=4, dilation_rate=2)(x)
+    x = keras.layers.DepthwiseConv2D(5, padding="same", depth_multiplier=2)(x)  # 32 ch
+    x = keras.layers.SeparableConv2D(24, 3, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv2DTranspose(4, 4, strides=2, padding="same")(x)  # 32x48 out
+    y = keras.layers.GlobalAveragePooling2D()(x)
+    y = keras.layers.Dense(10)(y)
+    model = keras.Model(inputs, [x, y])
+    macs = (
+        16 * 24 * 16 * 3 * 3 * 8  # strided conv: output pixels x C_out x kernel x C_in
+        + 16 * 24 * 16 * 3 * 3 * 16 // 4  # grouped conv
+        + 16 * 24 * 32 * 5 * 5  # depthwise, multiplier 2
+        + 16 * 24 * 32 * 3 * 3 + 16 * 24 * 32 * 24  # separable: depthwise + pointwise
+        + 16 * 24 * 24 * 4 * 4 * 4  # transposed: input pixels x C_in x kernel x C_out
+        + 4 * 10  # dense
+    )
+    assert count_flops(model) == 2 * macs
+
+
+def test_flops_of_resnet50_match_its_paper():
+    # He et al. 2016, Table 1: 3.8e9 multiply-adds at 224x224 ("FLOPs" there).
+    model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    assert count_flops(model) / 2 == pytest.approx(3.8e9, rel=0.03)
+    keras.backend.clear_session()
+
+
+def test_flops_need_static_shapes():
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3)])
+    with pytest.raises(ValueError, match="static shapes"):
+        count_flops(model)
