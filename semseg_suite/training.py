@@ -96,6 +96,10 @@ class Trainer:
         self.loss_fn = losses.get_loss("ce", ignore_index=ignore_index, reduction=None)
         with strategy.scope():
             self.train_confusion = metrics.ConfusionMatrix(num_classes, ignore_index)
+            # Create the optimizer's slots now: created inside the first step, they
+            # make tf.function trace the update twice (slow for 500-layer models).
+            if not self.optimizer.built:
+                self.optimizer.build(model.trainable_variables)
         self._gradients = tf.function(self._loss_and_gradients, jit_compile=jit_compile)
         self.train_step = tf.function(self._distributed_train_step)
         self._eval_step = tf.function(self._evaluate_batch, reduce_retracing=True)
