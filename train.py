@@ -23,10 +23,13 @@ from semseg_suite.cli import ignore_class, setup_logging, str2bool  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    builtin, user = training.BUILTIN_DEFAULTS, training.DATASET_DEFAULTS
+    builtin, user, scratch = training.BUILTIN_DEFAULTS, training.DATASET_DEFAULTS, training.SCRATCH_DEFAULTS
 
     def default(key):
-        return f"(default: {builtin[key]} on the built-in dataset, {user[key]} on --dataset)"
+        text = f"(default: {builtin[key]} on the built-in dataset, {user[key]} on --dataset"
+        if scratch[key] != user[key]:
+            text += f", {scratch[key]} there for models with their own encoder"
+        return text + ")"
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")

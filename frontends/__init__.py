@@ -20,6 +20,8 @@ from frontends.base import (
 )
 from frontends.mobilenet import build_mobilenet_v2
 from frontends.resnet import build_resnet
+from frontends.resnet_basic import build_resnet_basic
+from frontends.vgg import build_vgg16
 from frontends.xception import build_xception
 from semseg_suite.registry import Registry
 
@@ -32,6 +34,9 @@ for _depth in ("ResNet50", "ResNet101", "ResNet152"):
     )
 FRONTENDS.add("MobileNetV2", FrontendSpec("MobileNetV2", build_mobilenet_v2, "tf"))
 FRONTENDS.add("Xception", FrontendSpec("Xception", build_xception, "tf"))
+FRONTENDS.add("VGG16", FrontendSpec("VGG16", build_vgg16, "caffe"))
+for _depth in ("ResNet18", "ResNet34"):
+    FRONTENDS.add(_depth, FrontendSpec(_depth, functools.partial(build_resnet_basic, _depth), "torch"))
 
 def build_frontend(
     name: str,
@@ -48,7 +53,7 @@ def build_frontend(
         input_shape: ``(H, W, 3)``; ``None`` dims accept any size.
         weights: ``None``/``"none"`` (random init), ``"imagenet"``, ``"auto"``
             (ImageNet when Keras has the file cached or can download it, else random
-            init with one warning), or a path to a weights file.
+            init with one warning saying why), or a path to a weights file.
         output_stride: 8, 16 or 32.
         multi_grid: last-stage unit rates, used by frontends that support it and
             ignored by the others.
@@ -61,12 +66,11 @@ def build_frontend(
     if weights == "auto":
         try:
             return spec.build(input_shape, "imagenet", output_stride, multi_grid)
-        except FrontendWeightsError:
+        except FrontendWeightsError as error:
             logging.getLogger("semseg_suite").warning(
-                "No ImageNet weights for %s (cannot download, none cached in %s): "
-                "using random initialisation; --frontend-weights none skips this check.",
+                "%s Using random initialisation for %s; --frontend-weights none skips this check.",
+                error,
                 name,
-                keras_cache_dir(),
             )
             weights = None
     return spec.build(input_shape, weights, output_stride, multi_grid)
@@ -80,4 +84,5 @@ __all__ = [
     "FrontendWeightsError",
     "build_frontend",
     "endpoint_name",
+    "keras_cache_dir",
 ]

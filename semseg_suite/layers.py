@@ -182,6 +182,28 @@ class MaxUnpooling2D(keras.layers.Layer):
         return {**super().get_config(), "pool_size": self.pool_size}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CropLike(keras.layers.Layer):
+    """Crops ``inputs[0]`` to the height and width of ``inputs[1]`` (top left).
+
+    A same-padded transposed convolution by ``f`` gives ``f * ceil(H / (f * s))``
+    rows from a map at stride ``f * s``: at least the ``ceil(H / s)`` rows of the
+    stride-``s`` map it is fused with, and row-aligned with it from the top, so
+    the extra rows are at the bottom and right. Cropping them keeps every
+    pixel where it belongs; resizing would stretch the map by a fraction of a
+    pixel. ``inputs[0]`` must be at least as large as ``inputs[1]``.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        height, width = ops.shape(reference)[1], ops.shape(reference)[2]
+        return x[:, :height, :width, :]
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
 def conv2d(filters: int, kernel_size: int, *, rate: int = 1, name: str, use_bias=False):
     """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
     cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D

@@ -200,13 +200,20 @@ BUILTIN_DEFAULTS = dict(num_epochs=6, batch_size=8, crop_height=128, crop_width=
 # Defaults on a user's dataset: the usual DeepLab-style recipe (pretrained frontend,
 # SGD with momentum and poly decay on 512 crops).
 DATASET_DEFAULTS = dict(num_epochs=100, batch_size=8, crop_height=512, crop_width=512, learning_rate=0.01, optimizer="sgd")
+# Models with their own encoder (U-Net, ENet, FC-DenseNet, ...) start from random
+# weights: there SGD at 0.01 barely moves in the first epochs, and their papers
+# train with adaptive optimisers (ENet: Adam; FC-DenseNet: RMSProp, 1e-3).
+SCRATCH_DEFAULTS = dict(DATASET_DEFAULTS, learning_rate=1e-3, optimizer="adam")
 
 
 def resolve_defaults(config: TrainConfig) -> TrainConfig:
     """Fills unset fields with the defaults of the built-in or a user dataset."""
-    defaults = BUILTIN_DEFAULTS if config.dataset is None else DATASET_DEFAULTS
-    values = {k: v if getattr(config, k) is None else getattr(config, k) for k, v in defaults.items()}
     frontend = config.frontend or semseg_suite.default_frontend(config.model)
+    if config.dataset is None:
+        defaults = BUILTIN_DEFAULTS
+    else:
+        defaults = DATASET_DEFAULTS if frontend is not None else SCRATCH_DEFAULTS
+    values = {k: v if getattr(config, k) is None else getattr(config, k) for k, v in defaults.items()}
     run_name = config.model if frontend is None else f"{config.model}_{frontend}"
     checkpoint_dir = config.checkpoint_dir or str(pathlib.Path("checkpoints") / run_name)
     return dataclasses.replace(config, frontend=frontend, checkpoint_dir=checkpoint_dir, **values)

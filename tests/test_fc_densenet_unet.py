@@ -163,7 +163,6 @@ def test_unet_on_a_frontend_without_batch_norm():
     assert model(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 3)
 
 
-@pytest.mark.slow
 def test_fc_densenet56_learns_squares():
     keras.utils.set_random_seed(0)
     model = build_model("FC-DenseNet56", num_classes=2)

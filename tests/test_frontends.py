@@ -141,3 +141,119 @@ def test_auto_weights_fall_back_with_one_warning(offline, caplog):
 def test_registry_lists_known_names_on_error():
     with pytest.raises(ValueError, match="known: ResNet50, ResNet101"):
         FRONTENDS.get("ResNet51")
+
+
+# VGG16, ResNet18 and ResNet34 (frontends.vgg, frontends.resnet_basic).
+
+BASIC_RESNETS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
+
+
+@pytest.mark.parametrize("name", ["VGG16", "ResNet18", "ResNet34"])
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_vgg_and_basic_resnet_endpoint_sizes(name, output_stride):
+    test_endpoint_sizes_follow_output_stride(name, output_stride)
+
+
+def _basic_resnet_params(blocks):
+    """Trainable parameters of a headless basic-block ResNet, from He et al. Table 1."""
+    total = 7 * 7 * 3 * 64 + 2 * 64  # stem conv (no bias) + BN
+    channels = 64
+    for stage, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        for block in range(count):
+            total += 9 * channels * width + 9 * width * width + 2 * (2 * width)
+            if stage > 0 and block == 0:
+                total += channels * width + 2 * width  # 1x1 projection + BN
+            channels = width
+    return total
+
+
+@pytest.mark.parametrize(
+    "name,torchvision_headless", [("ResNet18", 11_176_512), ("ResNet34", 21_284_672)]
+)
+def test_basic_resnet_parameters_equal_torchvision(name, torchvision_headless):
+    model = build_frontend(name)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == _basic_resnet_params(BASIC_RESNETS[name]) == torchvision_headless
+    features = model(np.zeros((1, 64, 64, 3), "float32"))
+    assert [features[f"stride{s}"].shape[-1] for s in frontends.STRIDES] == [64, 64, 128, 256, 512]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 and layer.epsilon == 1e-5 for layer in norms)
+
+
+def test_basic_resnet_with_top_has_torchvision_layout():
+    from frontends.resnet_basic import ResNet18
+
+    model = ResNet18(include_top=True, classes=1000)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 11_689_512  # torchvision's resnet18, classifier included
+    assert model.get_layer("conv3_block1_0_conv").strides == (2, 2)
+    assert model.get_layer("conv3_block1_1_conv").strides == (2, 2)
+    assert model.get_layer("conv3_block1_1_pad").padding == ((1, 1), (1, 1))
+    assert not any(layer.name.startswith("conv2_block1_0") for layer in model.layers)
+    assert model.output.shape == (None, 1000)
+
+
+def test_basic_resnet_dilation():
+    os8 = build_frontend("ResNet18", output_stride=8)
+    # The strided conv of conv4 keeps its rate (1) and loses its stride; the
+    # padding layer before it becomes an identity.
+    assert os8.get_layer("conv4_block1_1_conv").strides == (1, 1)
+    assert os8.get_layer("conv4_block1_1_conv").dilation_rate == (1, 1)
+    assert os8.get_layer("conv4_block1_1_conv").padding == "same"
+    assert isinstance(os8.get_layer("conv4_block1_1_pad"), keras.layers.Identity)
+    assert os8.get_layer("conv4_block1_2_conv").dilation_rate == (2, 2)
+    assert os8.get_layer("conv5_block1_1_conv").dilation_rate == (2, 2)
+    assert os8.get_layer("conv5_block2_2_conv").dilation_rate == (4, 4)
+    assert isinstance(os8.get_layer("conv5_block2_2_conv"), AtrousConv2D)
+    assert os8.get_layer("conv5_block1_0_conv").strides == (1, 1)
+    assert os8.get_layer("conv3_block1_1_conv").strides == (2, 2)
+
+
+def test_vgg16_output_stride_8_dilation():
+    model = build_frontend("VGG16", output_stride=8)
+    assert model.get_layer("block3_pool").strides == (2, 2)
+    for pool in ("block4_pool", "block5_pool"):
+        assert model.get_layer(pool).strides == (1, 1)
+        assert model.get_layer(pool).padding == "same"
+    for i in (1, 2, 3):
+        assert model.get_layer(f"block4_conv{i}").dilation_rate == (1, 1)
+        conv5 = model.get_layer(f"block5_conv{i}")
+        assert conv5.dilation_rate == (2, 2) and isinstance(conv5, AtrousConv2D)
+    features = model(np.zeros((1, 45, 67, 3), "float32"))
+    assert tuple(features["stride32"].shape) == (1, 6, 9, 512)
+
+
+def test_basic_resnet_weights_from_a_file(tmp_path):
+    from frontends.resnet_basic import ResNet18
+
+    source = ResNet18(input_shape=(None, None, 3))
+    for layer in source.layers:  # non-trivial BN statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            rng = np.random.default_rng(len(layer.name))
+            stats = [rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 2, var.shape)]
+            layer.set_weights([gamma, beta, *stats])
+    path = tmp_path / "resnet18.weights.h5"
+    source.save_weights(path)
+    model = build_frontend("ResNet18", weights=str(path))
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(model(x)["stride32"]), np.asarray(source(x)), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", ["ResNet18", "ResNet34"])
+def test_basic_resnet_imagenet_is_a_clear_error(name):
+    with pytest.raises(FrontendWeightsError) as info:
+        build_frontend(name, weights="imagenet")
+    message = str(info.value)
+    assert "no ImageNet weights" in message and "torchvision" in message
+    assert ".weights.h5" in message and "--frontend-weights none" in message
+
+
+def test_basic_resnet_auto_weights_fall_back(caplog):
+    with caplog.at_level("WARNING", logger="semseg_suite"):
+        model = build_frontend("ResNet18", weights="auto")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "random initialisation" in warnings[0].getMessage()
+    assert isinstance(model, keras.Model)

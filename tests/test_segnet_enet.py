@@ -199,7 +199,6 @@ def test_channel_zero_padding():
     assert ChannelZeroPadding.from_config(layer.get_config()).channels == 5
 
 
-@pytest.mark.slow
 def test_enet_learns_a_tiny_task():
     keras.utils.set_random_seed(0)
     model = build_model("ENet", num_classes=2)

@@ -10,7 +10,6 @@ import cv2
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import semseg_suite
 from semseg_suite import data, export, synthetic, training
@@ -166,3 +165,13 @@ def test_cli_accepts_old_suite_aliases():
     assert config.augment == data.AugmentConfig(h_flip=False, v_flip=True, brightness=0.2, rotation=5.0)
     with pytest.raises(SystemExit):
         train.parse_args(["--model", "NoSuchNet"])
+
+
+def test_defaults_depend_on_dataset_and_on_pretrained_frontends():
+    resolve = training.resolve_defaults
+    builtin = resolve(training.TrainConfig(model="ENet"))
+    assert (builtin.optimizer, builtin.crop_height, builtin.checkpoint_dir) == ("adam", 128, str(pathlib.Path("checkpoints/ENet")))
+    on_frontend = resolve(training.TrainConfig(model="LinkNet", dataset="data"))
+    assert (on_frontend.frontend, on_frontend.optimizer, on_frontend.learning_rate) == ("ResNet18", "sgd", 0.01)
+    scratch = resolve(training.TrainConfig(model="ENet", dataset="data", learning_rate=5e-4))
+    assert (scratch.frontend, scratch.optimizer, scratch.learning_rate, scratch.crop_height) == (None, "adam", 5e-4, 512)
