@@ -13,12 +13,22 @@ register with ``default_frontend=None``. Their builder is called as
 whole network on ``keras.Input(input_shape)``; it takes no ``output_stride``. If
 such a builder also accepts a frontend (``takes_frontend=True``, e.g. U-Net on a
 ResNet), it is called as above when the user names one.
+
+Auxiliary heads (deep supervision, e.g. PSPNet's on the stride-16 stage): such a
+builder returns a *training* model whose output is a dict
+``{"logits": main, "<aux name>": aux, ...}``, every entry float32 logits at the
+input's size, and registers each auxiliary output's loss weight from its paper
+(``register(..., aux_loss_weights={"aux": 0.4})``; the main output weighs 1). The
+training loop adds the weighted losses; ``build_model`` returns the inference model
+(main logits only, ``semseg_suite.export.inference_model``) unless asked for
+``auxiliary=True``, and saved ``best`` checkpoints, ``.h5`` files, ``test.py`` and
+``predict.py`` use the main logits only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Mapping
 
 import keras
 
@@ -44,6 +54,7 @@ class ModelSpec:
     multi_grid: tuple[int, ...] | None = None
     takes_frontend: bool = True
     paper_params: "PaperParams | None" = None
+    aux_loss_weights: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +96,7 @@ def register(
     multi_grid=None,
     takes_frontend: bool = True,
     paper_params: PaperParams | None = None,
+    aux_loss_weights: Mapping[str, float] | None = None,
 ):
     """Decorator registering a builder function under ``name``.
 
@@ -98,6 +110,8 @@ def register(
         takes_frontend: whether a frontend may be given at all (``False`` for
             models whose encoder is part of the architecture, e.g. ENet).
         paper_params: the parameter count the paper reports, if it does.
+        aux_loss_weights: auxiliary output name -> loss weight, for builders
+            that return auxiliary logits (see the module docstring).
     """
     if default_frontend is None:
         default_output_stride = None
@@ -113,6 +127,7 @@ def register(
                 multi_grid,
                 takes_frontend,
                 paper_params,
+                tuple((aux_loss_weights or {}).items()),
             ),
         )
         return build

@@ -39,6 +39,23 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or carries no metadata."""
 
 
+MAIN_OUTPUT = "logits"
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The model restricted to its main logits.
+
+    A model built for training with auxiliary heads (see ``builders.base``) outputs
+    a dict ``{"logits": main, "<aux name>": ...}``; this returns a model over the
+    same layers (no copy) whose only output is the main logits, which is what
+    ``best`` checkpoints, ``.h5`` files, ``test.py`` and ``predict.py`` use. Other
+    models are returned unchanged.
+    """
+    if not isinstance(model.output, dict):
+        return model
+    return keras.Model(model.input, model.output[MAIN_OUTPUT], name=model.name)
+
+
 def save_checkpoint(model: keras.Model, path, metadata: dict) -> pathlib.Path:
     """Atomically writes ``model`` with ``metadata`` to ``path`` (.keras or .h5)."""
     path = pathlib.Path(path)

@@ -30,6 +30,7 @@ class Segmenter:
     """
 
     def __init__(self, model, metadata: dict):
+        model = export.inference_model(model)  # main logits only (no auxiliary heads)
         self.model = model
         self.metadata = metadata
         self.class_names = list(metadata["class_names"])

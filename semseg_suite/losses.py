@@ -111,6 +111,29 @@ def masked_loss_sum(loss_fn_none_reduction, y_true, logits, ignore_index=IGNORE_
     return tf.reduce_sum(per_pixel), tf.reduce_sum(tf.cast(valid, tf.float32))
 
 
+def weighted_loss_sum(loss_fn_none_reduction, y_true, outputs, loss_weights, ignore_index=IGNORE_INDEX):
+    """``masked_loss_sum`` over a model's named outputs, weighted (auxiliary heads).
+
+    Args:
+        loss_fn_none_reduction: per-pixel loss, as for ``masked_loss_sum``.
+        y_true: int labels (B, H, W).
+        outputs: logits ``(B, H, W, C)``, or a dict of them keyed by output name.
+        loss_weights: output name -> weight; a missing name weighs 1. Unused for a
+            single tensor.
+
+    Returns:
+        (loss_sum, num_valid): ``sum_k w_k * loss_sum_k`` over the outputs, and the
+        number of valid pixels (the same for every output).
+    """
+    if not isinstance(outputs, dict):
+        return masked_loss_sum(loss_fn_none_reduction, y_true, outputs, ignore_index)
+    total, valid = 0.0, None
+    for name, logits in outputs.items():
+        loss_sum, valid = masked_loss_sum(loss_fn_none_reduction, y_true, logits, ignore_index)
+        total += float(loss_weights.get(name, 1.0)) * loss_sum
+    return total, valid
+
+
 LOSSES = {
     "ce": sparse_crossentropy,
 }

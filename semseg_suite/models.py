@@ -6,6 +6,7 @@ import keras
 
 import builders
 import frontends
+from semseg_suite import export
 
 
 def list_models() -> list[str]:
@@ -21,6 +22,12 @@ def list_frontends() -> list[str]:
 def default_frontend(model: str) -> str | None:
     """The model's default frontend; ``None`` when it has its own encoder."""
     return builders.MODELS.get(model).default_frontend
+
+
+def loss_weights(model: str) -> dict[str, float]:
+    """Loss weight of each output of the model's training graph: ``{"logits": 1.0}``
+    plus its auxiliary heads' weights from the paper."""
+    return {export.MAIN_OUTPUT: 1.0, **dict(builders.MODELS.get(model).aux_loss_weights)}
 
 
 def default_output_stride(model: str, frontend: str | None = None) -> int | None:
@@ -57,6 +64,7 @@ def build_model(
     input_shape=(None, None, 3),
     output_stride: int | None = None,
     frontend_weights=None,
+    auxiliary: bool = False,
     **hyperparameters,
 ) -> keras.Model:
     """Builds a segmentation model.
@@ -72,11 +80,14 @@ def build_model(
             models on a frontend.
         frontend_weights: ``None``, ``"imagenet"``, ``"auto"`` or a weights path;
             ignored (except ``"imagenet"`` or a path, an error) without a frontend.
+        auxiliary: for models with auxiliary heads (see ``loss_weights``), return
+            the training model whose output is a dict ``{"logits": main,
+            "<aux name>": ...}``; by default only the main logits.
         **hyperparameters: forwarded to the builder (see its docstring).
 
     Returns:
         A ``keras.Model`` from normalised images (see ``preprocessing_mode``) to
-        float32 logits of shape ``(batch, H, W, num_classes)``.
+        float32 logits of shape ``(batch, H, W, num_classes)`` (or the dict above).
     """
     spec = builders.MODELS.get(model)
     if num_classes < 2:
@@ -94,7 +105,7 @@ def build_model(
             )
         net = spec.build(None, num_classes, input_shape=tuple(input_shape), **hyperparameters)
         net.name = model
-        return net
+        return _select_outputs(net, spec, auxiliary)
     output_stride = output_stride or default_output_stride(model, frontend)
     backbone = frontends.build_frontend(
         frontend,
@@ -105,4 +116,16 @@ def build_model(
     )
     net = spec.build(backbone, num_classes, output_stride=output_stride, **hyperparameters)
     net.name = f"{model}_{frontend}"
-    return net
+    return _select_outputs(net, spec, auxiliary)
+
+
+def _select_outputs(net: keras.Model, spec, auxiliary: bool) -> keras.Model:
+    """Checks the builder's outputs against the registry; drops auxiliary heads
+    unless ``auxiliary``."""
+    expected = {export.MAIN_OUTPUT, *dict(spec.aux_loss_weights)}
+    names = set(net.output) if isinstance(net.output, dict) else {export.MAIN_OUTPUT}
+    if names != expected:
+        raise RuntimeError(
+            f"{spec.name}: builder outputs {sorted(names)} but the registry declares {sorted(expected)}"
+        )
+    return net if auxiliary else export.inference_model(net)

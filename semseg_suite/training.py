@@ -76,6 +76,10 @@ def poly_schedule(learning_rate: float, total_steps: int, power: float = 0.9):
     )
 
 
+def _main_logits(outputs):
+    return outputs[export.MAIN_OUTPUT] if isinstance(outputs, dict) else outputs
+
+
 class Trainer:
     """Distributed train and evaluation steps for a segmentation model.
 
@@ -85,10 +89,17 @@ class Trainer:
         num_classes: number of classes of the logits.
         ignore_index: label of void pixels.
         jit_compile: compile the per-replica forward/backward pass with XLA.
+        loss_weights: for a model whose output is a dict (main ``"logits"`` plus
+            auxiliary heads), the loss weight of each output
+            (``semseg_suite.models.loss_weights``). Metrics and the evaluation
+            loss use the main logits only.
     """
 
-    def __init__(self, model, strategy, num_classes, *, ignore_index=data.IGNORE_INDEX, jit_compile=False):
+    def __init__(
+        self, model, strategy, num_classes, *, ignore_index=data.IGNORE_INDEX, jit_compile=False, loss_weights=None
+    ):
         self.model = model
+        self.loss_weights = dict(loss_weights or {})
         self.optimizer = model.optimizer
         self.strategy = strategy
         self.num_classes = num_classes
@@ -106,8 +117,11 @@ class Trainer:
 
     def _loss_and_gradients(self, images, labels, global_valid):
         with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
-            loss_sum, _ = losses.masked_loss_sum(self.loss_fn, labels, logits, self.ignore_index)
+            outputs = self.model(images, training=True)
+            loss_sum, _ = losses.weighted_loss_sum(
+                self.loss_fn, labels, outputs, self.loss_weights, self.ignore_index
+            )
+            logits = _main_logits(outputs)
             loss = loss_sum / tf.maximum(global_valid, 1.0)
             if self.model.losses:  # weight regularisers, shared by the replicas
                 loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
@@ -131,7 +145,7 @@ class Trainer:
         return loss
 
     def _evaluate_batch(self, images, labels):
-        logits = self.model(images, training=False)
+        logits = _main_logits(self.model(images, training=False))
         loss_sum, valid = losses.masked_loss_sum(self.loss_fn, labels, logits, self.ignore_index)
         confusion = metrics.confusion_matrix(labels, logits, self.num_classes, self.ignore_index)
         return loss_sum, valid, confusion
@@ -278,6 +292,7 @@ def _build_or_resume(config: TrainConfig, info: data.DatasetInfo, total_steps: i
         num_classes=info.num_classes,
         output_stride=config.output_stride,
         frontend_weights=config.frontend_weights,
+        auxiliary=True,
     )
     schedule = poly_schedule(config.learning_rate, total_steps)
     model.compile(optimizer=make_optimizer(config.optimizer, schedule))
@@ -310,6 +325,8 @@ def train(config: TrainConfig) -> dict:
 
     Writes to ``config.checkpoint_dir``: ``latest`` and ``best`` (by val mIoU)
     checkpoints as ``.keras`` and ``.h5``, ``log.csv`` and loss / mIoU plots.
+    ``latest.keras`` is the training state (model with any auxiliary heads, and
+    optimizer); the other three hold the inference model (main logits only).
     """
     config = resolve_defaults(config)
     keras.utils.set_random_seed(config.seed)
@@ -327,7 +344,11 @@ def train(config: TrainConfig) -> dict:
     log_path = out_dir / "log.csv"
     with strategy.scope():
         model, progress = _build_or_resume(config, info, config.num_epochs * steps, paths)
-    trainer = Trainer(model, strategy, info.num_classes, jit_compile=jit_compile)
+    trainer = Trainer(
+        model, strategy, info.num_classes, jit_compile=jit_compile,
+        loss_weights=semseg_suite.models.loss_weights(config.model),
+    )
+    inference = export.inference_model(model)  # main logits only, same layers
     _truncate_log(log_path, progress["epoch"])
 
     log.info(
@@ -366,11 +387,17 @@ def train(config: TrainConfig) -> dict:
         if improved:
             best, best_epoch = score, epoch + 1
         state = {**metadata, "epoch": epoch + 1, "val_miou": score, "best_val_miou": best, "best_epoch": best_epoch}
-        for suffix in export.FORMATS:  # latest first: a crash here keeps the older best
-            export.save_checkpoint(model, paths[f"latest{suffix}"], state)
+        # latest first: a crash here keeps the older best. latest.keras holds the
+        # training model (auxiliary heads too) and optimizer for --resume; the others
+        # the inference model.
+        export.save_checkpoint(model, paths["latest.keras"], state)
+        export.save_checkpoint(inference, paths["latest.h5"], state)
         if improved:
-            for suffix in export.FORMATS:
-                export.copy_checkpoint(paths[f"latest{suffix}"], paths[f"best{suffix}"])
+            if inference is model:
+                export.copy_checkpoint(paths["latest.keras"], paths["best.keras"])
+            else:
+                export.save_checkpoint(inference, paths["best.keras"], state)
+            export.copy_checkpoint(paths["latest.h5"], paths["best.h5"])
         visualize.plot_history(log_path, out_dir)
         history.append(logs)
     callbacks.on_train_end()
