@@ -204,6 +204,58 @@ class CropLike(keras.layers.Layer):
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AdaptiveAveragePooling2D(keras.layers.Layer):
+    """Average pooling to a fixed ``bins x bins`` grid, for any input size.
+
+    Bin ``i`` of an axis of length ``n`` averages positions
+    ``[floor(i * n / bins), ceil((i + 1) * n / bins))``, PyTorch's
+    ``AdaptiveAvgPool2d`` rule: bins tile the map exactly when ``bins`` divides
+    ``n``, overlap by at most one position otherwise, and are never empty (also
+    when ``n < bins``). Computed from a summed-area table in float32, so every
+    bin costs four lookups.
+
+    Args:
+        bins: output height and width.
+    """
+
+    def __init__(self, bins: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bins = int(bins)
+
+    def _edges(self, length):
+        index = ops.arange(self.bins, dtype="int32")
+        starts = (index * length) // self.bins
+        ends = ((index + 1) * length + self.bins - 1) // self.bins
+        return starts, ends
+
+    def call(self, x):
+        height, width = ops.shape(x)[1], ops.shape(x)[2]
+        table = ops.cast(x, "float32")
+        table = ops.pad(table, [[0, 0], [1, 0], [1, 0], [0, 0]])
+        table = ops.cumsum(ops.cumsum(table, axis=1), axis=2)
+        row_start, row_end = self._edges(height)
+        col_start, col_end = self._edges(width)
+
+        def corner(rows, cols):
+            return ops.take(ops.take(table, rows, axis=1), cols, axis=2)
+
+        sums = (
+            corner(row_end, col_end)
+            - corner(row_start, col_end)
+            - corner(row_end, col_start)
+            + corner(row_start, col_start)
+        )
+        areas = ops.cast(row_end - row_start, "float32")[:, None] * ops.cast(col_end - col_start, "float32")[None, :]
+        return ops.cast(sums / areas[None, :, :, None], x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bins, self.bins, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins}
+
+
 def conv2d(filters: int, kernel_size: int, *, rate: int = 1, name: str, use_bias=False):
     """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
     cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D
@@ -290,6 +342,23 @@ def aspp(
     y = keras.layers.Concatenate(name=f"{name}_concat")(branches)
     y = conv_bn_relu(y, filters, 1, name=f"{name}_projection")
     return keras.layers.Dropout(dropout, name=f"{name}_dropout")(y)
+
+
+def pyramid_pooling(x, *, bins: Sequence[int] = (1, 2, 3, 6), filters: int | None = None, name: str = "ppm"):
+    """PSPNet's pyramid pooling module (Zhao et al. 2017, Sec. 3.2, Fig. 3).
+
+    For each bin count ``b``: adaptive average pooling to ``b x b``, a 1x1
+    conv-BN-ReLU to ``filters`` channels (default a quarter of the input's, 1/N
+    for the paper's N = 4 levels), and bilinear upsampling back to ``x``; the
+    levels are concatenated with ``x`` itself.
+    """
+    filters = filters or x.shape[-1] // len(bins)
+    levels = [x]
+    for b in bins:
+        y = AdaptiveAveragePooling2D(b, name=f"{name}_pool{b}")(x)
+        y = conv_bn_relu(y, filters, 1, name=f"{name}_bin{b}")
+        levels.append(ResizeLike(name=f"{name}_bin{b}_resize")([y, x]))
+    return keras.layers.Concatenate(name=f"{name}_concat")(levels)
 
 
 def classifier(x, num_classes: int, *, reference, name: str = "logits"):

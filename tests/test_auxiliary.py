@@ -8,6 +8,7 @@ import tensorflow as tf
 import builders
 import semseg_suite
 from semseg_suite import data, export, inference, losses, training
+from zoo import light_frontend
 
 IGNORE = data.IGNORE_INDEX
 
@@ -101,7 +102,7 @@ AUX_MODELS = [m for m in semseg_suite.list_models() if builders.MODELS.get(m).au
 def test_models_with_auxiliary_heads(model_name):
     weights = semseg_suite.models.loss_weights(model_name)
     assert weights["logits"] == 1.0 and len(weights) > 1
-    trained = semseg_suite.build_model(model_name, num_classes=3, auxiliary=True)
+    trained = semseg_suite.build_model(model_name, light_frontend(model_name), num_classes=3, auxiliary=True)
     x = np.random.default_rng(3).normal(size=(1, 64, 96, 3)).astype("float32")
     outputs = trained(x, training=False)
     assert set(outputs) == set(weights)
@@ -109,4 +110,4 @@ def test_models_with_auxiliary_heads(model_name):
         assert tuple(logits.shape) == (1, 64, 96, 3) and logits.dtype == "float32"
     served = export.inference_model(trained)
     np.testing.assert_allclose(np.asarray(served(x)), np.asarray(outputs["logits"]), atol=1e-5)
-    assert not isinstance(semseg_suite.build_model(model_name, num_classes=3).output, dict)
+    assert not isinstance(semseg_suite.build_model(model_name, light_frontend(model_name), num_classes=3).output, dict)

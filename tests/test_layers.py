@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from semseg_suite.flops import count_flops
-from semseg_suite.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from semseg_suite.layers import AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 
 def numpy_pool_and_unpool(x, k):
@@ -96,3 +96,31 @@ def test_flops_need_static_shapes():
     model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3)])
     with pytest.raises(ValueError, match="static shapes"):
         count_flops(model)
+
+
+def numpy_adaptive_average(x, bins):
+    """PyTorch's AdaptiveAvgPool2d rule, by loops."""
+    height, width = x.shape[1:3]
+    out = np.zeros((x.shape[0], bins, bins, x.shape[3]))
+    for i in range(bins):
+        rows = slice(i * height // bins, -(-(i + 1) * height // bins))
+        for j in range(bins):
+            cols = slice(j * width // bins, -(-(j + 1) * width // bins))
+            out[:, i, j] = x[:, rows, cols].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 12, 3), (1, 7, 5, 2), (1, 4, 5, 1), (1, 60, 61, 4)])
+@pytest.mark.parametrize("bins", [1, 2, 3, 6])
+def test_adaptive_average_pooling_matches_numpy(shape, bins):
+    x = np.random.default_rng(bins).normal(size=shape).astype("float32")
+    got = np.asarray(AdaptiveAveragePooling2D(bins)(x))
+    np.testing.assert_allclose(got, numpy_adaptive_average(x, bins), atol=1e-5)
+
+
+def test_adaptive_average_pooling_takes_sizes_known_only_at_run_time():
+    pool = tf.function(
+        AdaptiveAveragePooling2D(6), input_signature=[tf.TensorSpec([None, None, None, 3])]
+    )
+    x = np.random.default_rng(0).normal(size=(1, 9, 10, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(pool(x)), numpy_adaptive_average(x, 6), atol=1e-5)

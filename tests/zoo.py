@@ -1,0 +1,13 @@
+"""Frontend choices for tests that exercise a model's own layers."""
+
+import semseg_suite
+
+# Deep frontends are built once per model by the registry-wide shape test; tests of
+# a model's own layers (round trips, auxiliary heads) build it on a lighter one.
+BIG_FRONTENDS = {"ResNet101", "ResNet152", "DenseNet161", "DenseNet169", "DenseNet201"}
+
+
+def light_frontend(model_name: str) -> str | None:
+    """The model's default frontend, or ResNet50 instead of a deep one."""
+    frontend = semseg_suite.default_frontend(model_name)
+    return "ResNet50" if frontend in BIG_FRONTENDS else frontend
