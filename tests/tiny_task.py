@@ -20,15 +20,16 @@ def squares(rng, count, size=64):
     return images, labels
 
 
-def fit_squares(model, *, steps=150, learning_rate=2e-3, batch_size=8, size=64, seed=0):
+def fit_squares(model, *, steps=150, learning_rate=2e-3, batch_size=8, size=64, seed=0, loss_weights=None):
     """Trains ``model`` (2 classes) on squares with the suite's loop; returns val scores.
 
     Uses ``training.Trainer`` with Adam and poly decay on the default strategy, then
-    evaluates on 16 new images.
+    evaluates on 16 new images. ``loss_weights``: for a model with auxiliary heads
+    (``semseg_suite.models.loss_weights``).
     """
     rng = np.random.default_rng(seed)
     model.compile(optimizer=keras.optimizers.Adam(training.poly_schedule(learning_rate, steps)))
-    trainer = training.Trainer(model, tf.distribute.get_strategy(), num_classes=2)
+    trainer = training.Trainer(model, tf.distribute.get_strategy(), num_classes=2, loss_weights=loss_weights)
     images, labels = squares(rng, 256, size)
     train_set = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(256, seed=seed).repeat().batch(batch_size)
     trainer.train_epoch(train_set.take(steps), steps)
