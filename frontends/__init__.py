@@ -18,6 +18,7 @@ from frontends.base import (
     endpoint_name,
     keras_cache_dir,
 )
+from frontends.densenet import build_densenet
 from frontends.mobilenet import build_mobilenet_v2
 from frontends.resnet import build_resnet
 from frontends.resnet_basic import build_resnet_basic
@@ -37,6 +38,8 @@ FRONTENDS.add("Xception", FrontendSpec("Xception", build_xception, "tf"))
 FRONTENDS.add("VGG16", FrontendSpec("VGG16", build_vgg16, "caffe"))
 for _depth in ("ResNet18", "ResNet34"):
     FRONTENDS.add(_depth, FrontendSpec(_depth, functools.partial(build_resnet_basic, _depth), "torch"))
+for _depth in ("DenseNet121", "DenseNet161", "DenseNet169", "DenseNet201"):
+    FRONTENDS.add(_depth, FrontendSpec(_depth, functools.partial(build_densenet, _depth), "torch"))
 
 def build_frontend(
     name: str,

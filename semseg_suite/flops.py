@@ -55,16 +55,19 @@ def layer_macs(layer: keras.layers.Layer, input_shape, output_shape) -> int:
 def count_flops(model: keras.Model) -> int:
     """FLOPs (2 x MACs) of one forward pass of one image through ``model``.
 
-    Nested models are counted through their own layers. A layer called several
-    times counts once per call.
+    Walks the model's own graph nodes, so a layer called several times in the model
+    (shared weights) counts once per call, and calls of its layers in other models
+    do not count. Nested models are counted through their own layers.
     """
+    graph = getattr(model, "_functional", None) or model  # a Sequential's graph
+    if not hasattr(graph, "_nodes_by_depth"):
+        raise ValueError(f"{model.name}: FLOPs need a functional or Sequential model with a known input")
     total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += count_flops(layer)
-            continue
-        for node in layer._inbound_nodes:
-            if not node.input_tensors or not node.output_tensors:
-                continue
-            total += 2 * layer_macs(layer, node.input_tensors[0].shape, node.output_tensors[0].shape)
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            layer = node.operation
+            if isinstance(layer, keras.Model):
+                total += count_flops(layer)
+            elif node.input_tensors and node.output_tensors:
+                total += 2 * layer_macs(layer, node.input_tensors[0].shape, node.output_tensors[0].shape)
     return total

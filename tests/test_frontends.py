@@ -257,3 +257,125 @@ def test_basic_resnet_auto_weights_fall_back(caplog):
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "random initialisation" in warnings[0].getMessage()
     assert isinstance(model, keras.Model)
+
+
+# DenseNet-121/161/169/201 (frontends.densenet).
+
+# name -> trainable parameters of torchvision's densenet without its classifier.
+TORCHVISION_HEADLESS_DENSENETS = {
+    "DenseNet121": 6_953_856,
+    "DenseNet161": 26_472_000,
+    "DenseNet169": 12_484_480,
+    "DenseNet201": 18_092_928,
+}
+
+
+def _densenet_params(growth, blocks, stem):
+    """Trainable parameters of a headless DenseNet-BC, from Huang et al. 2017, Sec. 3."""
+    total = 7 * 7 * 3 * stem + 2 * stem  # stem conv (no bias) + BN
+    channels = stem
+    for stage, count in enumerate(blocks):
+        for _ in range(count):
+            # BN, 1x1 conv to 4k, BN, 3x3 conv to k.
+            bottleneck = 4 * growth
+            total += 2 * channels + channels * bottleneck + 2 * bottleneck + 9 * bottleneck * growth
+            channels += growth
+        if stage < 3:  # transition: BN, 1x1 conv to half
+            total += 2 * channels + channels * (channels // 2)
+            channels //= 2
+    return total + 2 * channels  # final BN
+
+
+def _densenet_case(name, output_stride):
+    # The fast suite builds DenseNet-121 at every output stride and DenseNet-161
+    # at 8 (DenseASPP's); the other builds take several seconds each.
+    if name == "DenseNet121" or (name, output_stride) == ("DenseNet161", 8):
+        return (name, output_stride)
+    return pytest.param(name, output_stride, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize(
+    "name,output_stride",
+    [_densenet_case(n, s) for n in TORCHVISION_HEADLESS_DENSENETS for s in (8, 16, 32)],
+)
+def test_densenet_frontend(name, output_stride):
+    from frontends.densenet import CONFIGS
+
+    growth, blocks, stem = CONFIGS[name]
+    model = build_frontend(name, output_stride=output_stride)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    expected = TORCHVISION_HEADLESS_DENSENETS[name]
+    assert trainable == _densenet_params(growth, blocks, stem) == expected
+    widths = [stem, stem + blocks[0] * growth]
+    for count in blocks[1:]:
+        widths.append(widths[-1] // 2 + count * growth)
+    for height, width in [(45, 67), (32, 33)]:
+        features = model(np.zeros((1, height, width, 3), "float32"))
+        for stride, channels in zip(frontends.STRIDES, widths):
+            effective = min(stride, output_stride)
+            expected = (1, math.ceil(height / effective), math.ceil(width / effective), channels)
+            assert tuple(features[f"stride{stride}"].shape) == expected, (stride, height, width)
+    # Transition pools past the output stride are removed; the others keep stride
+    # 2 with same padding. Every 3x3 conv after a removed pool is dilated.
+    for pool, stride in (("pool2_pool", 8), ("pool3_pool", 16), ("pool4_pool", 32)):
+        layer = model.get_layer(pool)
+        if stride > output_stride:
+            assert isinstance(layer, keras.layers.Identity), pool
+        else:
+            assert isinstance(layer, keras.layers.AveragePooling2D), pool
+            assert layer.strides == (2, 2) and layer.padding == "same"
+    rates = {8: (1, 2, 4), 16: (1, 1, 2), 32: (1, 1, 1)}[output_stride]
+    for stage, rate in zip((3, 4, 5), rates):
+        convs = [layer for layer in model.layers if layer.name.startswith(f"conv{stage}_block")]
+        three = [layer for layer in convs if layer.name.endswith("_2_conv")]
+        one = [layer for layer in convs if layer.name.endswith("_1_conv")]
+        assert len(three) == len(one) == blocks[stage - 2]
+        assert all(layer.dilation_rate == (rate, rate) for layer in three), (stage, rate)
+        assert all(isinstance(layer, AtrousConv2D) == (rate > 1) for layer in three)
+        assert all(layer.dilation_rate == (1, 1) for layer in one)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.momentum == 0.9 for layer in norms)
+
+
+def test_densenet161_with_top_has_torchvision_layout():
+    from frontends.densenet import DenseNet161
+
+    model = DenseNet161(include_top=True, classes=1000)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 28_681_000  # torchvision's densenet161, classifier included
+    assert model.get_layer("conv1_conv").filters == 96
+    assert model.get_layer("conv2_block1_1_conv").filters == 192  # bottleneck: 4 x growth
+    assert model.get_layer("conv2_block1_2_conv").filters == 48  # growth
+    assert model.get_layer("pool2_conv").filters == 192  # (96 + 6 * 48) / 2
+    assert model.get_layer("conv5_block24_concat").output.shape[-1] == 2208
+    assert model.output.shape == (None, 1000)
+
+
+def test_densenet161_weights_from_a_file(tmp_path):
+    from frontends.densenet import DenseNet161
+
+    source = DenseNet161(input_shape=(None, None, 3))
+    for layer in source.layers:  # non-trivial BN statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            rng = np.random.default_rng(len(layer.name))
+            stats = [rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 2, var.shape)]
+            layer.set_weights([gamma, beta, *stats])
+    path = tmp_path / "densenet161.weights.h5"
+    source.save_weights(path)
+    model = build_frontend("DenseNet161", weights=str(path))
+    # Even sizes: the same-padded transition pools equal the valid ones.
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(model(x)["stride32"]), np.asarray(source(x)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_densenet161_imagenet_is_a_clear_error():
+    with pytest.raises(FrontendWeightsError) as info:
+        build_frontend("DenseNet161", weights="imagenet")
+    message = str(info.value)
+    assert "no ImageNet weights" in message and "torchvision" in message
+    assert ".weights.h5" in message and "--frontend-weights none" in message
+    assert FRONTENDS.get("DenseNet161").preprocessing == "torch"
+    assert FRONTENDS.get("DenseNet121").preprocessing == "torch"

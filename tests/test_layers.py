@@ -124,3 +124,11 @@ def test_adaptive_average_pooling_takes_sizes_known_only_at_run_time():
     )
     x = np.random.default_rng(0).normal(size=(1, 9, 10, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(pool(x)), numpy_adaptive_average(x, 6), atol=1e-5)
+
+
+def test_flops_count_each_call_in_the_model_and_only_those():
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    inputs = keras.Input((16, 16, 4))
+    model = keras.Model(inputs, conv(conv(inputs)))  # shared weights, two calls
+    conv(keras.Input((64, 64, 4)))  # a call outside the model
+    assert count_flops(model) == 2 * 2 * (16 * 16 * 4 * 3 * 3 * 4)
