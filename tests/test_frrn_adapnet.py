@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from builders.adapnet import MultiscaleConv2D
-from semseg_suite import build_model, layers
+from semseg_suite import build_model
 from tiny_task import fit_squares
 
 
