@@ -32,7 +32,7 @@ PAIRS = [
 ]
 # Models too large to save and reload twice in the fast suite (over 20M parameters);
 # the round trip of the others covers every custom layer they use.
-HEAVY = {"AdapNet", "DenseASPP", "FRRN-B", "Encoder-Decoder", "Encoder-Decoder-Skip", "FCN-32s", "FCN-16s", "FCN-8s", "SegNet", "U-Net"}
+HEAVY = {"AdapNet", "DenseASPP", "FRRN-B", "GCN", "RefineNet", "Encoder-Decoder", "Encoder-Decoder-Skip", "FCN-32s", "FCN-16s", "FCN-8s", "SegNet", "U-Net"}
 
 
 def heavy(model_name):
