@@ -1,5 +1,6 @@
 """Builders: every registered model x frontend, mixed precision, saving."""
 
+import pathlib
 import re
 import sys
 
@@ -163,3 +164,10 @@ def test_atrous_conv_equals_keras_conv(rate, size):
     fast.build(x.shape)
     fast.set_weights(reference.get_weights())
     np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(expected), atol=1e-4)
+
+
+def test_models_md_has_a_row_for_every_registered_model():
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "MODELS.md").read_text()
+    rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    missing = set(MODELS) - rows
+    assert not missing, f"regenerate docs/MODELS.md (python benchmarks/model_zoo.py): missing {sorted(missing)}"
