@@ -175,3 +175,36 @@ def test_defaults_depend_on_dataset_and_on_pretrained_frontends():
     assert (on_frontend.frontend, on_frontend.optimizer, on_frontend.learning_rate) == ("ResNet18", "sgd", 0.01)
     scratch = resolve(training.TrainConfig(model="ENet", dataset="data", learning_rate=5e-4))
     assert (scratch.frontend, scratch.optimizer, scratch.learning_rate, scratch.crop_height) == (None, "adam", 5e-4, 512)
+
+
+def test_scripts_with_an_own_encoder_model_and_an_auxiliary_head_model(tiny_dataset, tmp_path, capsys):
+    # ENet: no frontend, so no frontend flags; its checkpoints say so.
+    enet_dir = tmp_path / "enet"
+    argv = ["--model", "ENet", "--dataset", str(tiny_dataset), "--batch-size", "2", "--crop-height", "64",
+            "--crop-width", "64", "--num-epochs", "1", "--checkpoint-dir", str(enet_dir)]
+    assert train.main(argv) == 0
+    meta = export.read_metadata(enet_dir / "best.keras")
+    assert meta["frontend"] is None and meta["output_stride"] is None and meta["preprocessing"] == "tf"
+    assert test_script.main(["--checkpoint", str(enet_dir / "best.h5"), "--output-dir", str(tmp_path / "r")]) == 0
+    assert "ENet on" in capsys.readouterr().out
+
+    # PSPNet: the training checkpoint keeps the auxiliary head for --resume; the
+    # inference checkpoints have the main logits only.
+    psp_dir = tmp_path / "pspnet"
+    argv = ["--model", "PSPNet", "--frontend", "ResNet18", "--dataset", str(tiny_dataset), "--batch-size", "2",
+            "--crop-height", "64", "--crop-width", "64", "--frontend-weights", "none", "--num-epochs", "1",
+            "--checkpoint-dir", str(psp_dir)]
+    assert train.main(argv) == 0
+    training_model, _ = export.load_checkpoint(psp_dir / "latest.keras", compile=True)
+    assert set(training_model.output) == {"logits", "aux"}
+    for name in ("best.keras", "best.h5", "latest.h5"):
+        served, _ = export.load_checkpoint(psp_dir / name)
+        assert not isinstance(served.output, dict) and "aux_conv" not in [layer.name for layer in served.layers]
+    assert train.main([*argv[:-4], "--num-epochs", "2", "--checkpoint-dir", str(psp_dir), "--resume"]) == 0
+    resumed, meta = export.load_checkpoint(psp_dir / "latest.keras", compile=True)
+    assert meta["epoch"] == 2 and int(resumed.optimizer.iterations) == 4
+    predictions = tmp_path / "predictions"
+    image = next((tiny_dataset / "test").glob("*.png"))
+    assert predict.main(["--image", str(image), "--checkpoint", str(psp_dir / "best.keras"),
+                         "--output-dir", str(predictions)]) == 0
+    assert (predictions / f"{image.stem}_mask.png").is_file()
