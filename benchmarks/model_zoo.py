@@ -115,8 +115,9 @@ def render(rows, num_classes: int) -> str:
         "**Paper** is the parameter count the paper reports and the configuration it is "
         "for; **ours** is our model built in that configuration; ✓ marks a difference "
         "within 5%, and **Note** says why a larger one is not ours to close. \"Not "
-        "reported\": we found no whole-network count in the paper (or, for "
-        "Encoder-Decoder and MobileUNet, the old suite's own models, there is no paper). "
+        "reported\": the paper gives no whole-network count, or none we could verify "
+        "against its text (Encoder-Decoder and MobileUNet, the old suite's own models, "
+        "have no paper). "
         "The counts include batch-norm statistics, as Keras' `count_params` does.",
         "",
         "| Model | Frontend | Output stride | Params (M) | GFLOPs @512 | Paper params | Ours (paper config) | Diff | Note |",

@@ -15,26 +15,11 @@ from semseg_suite import layers
 AUX_WEIGHT = 1.0
 
 
-def strided_conv_bn_relu(x, filters: int, kernel_size: int = 3, *, name: str):
-    """A same-padded stride-2 convolution, BN and ReLU, named ``{name}_conv/_bn/_relu``."""
-    x = keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=2,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=f"{name}_conv",
-    )(x)
-    x = layers.batch_norm(f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
 def spatial_path(inputs, filters: Sequence[int] = (64, 64, 64), *, name: str = "spatial"):
     """Spatial path (Sec. 3.1): stride-2 conv-BN-ReLU layers, output stride 8."""
     x = inputs
     for i, width in enumerate(filters, start=1):
-        x = strided_conv_bn_relu(x, width, 3, name=f"{name}_conv{i}")
+        x = layers.conv_bn_relu(x, width, 3, strides=2, name=f"{name}_conv{i}")
     return x
 
 

@@ -8,7 +8,6 @@ from typing import Sequence
 import keras
 
 from builders.base import register
-from builders.bisenet import strided_conv_bn_relu
 from semseg_suite import layers
 
 # Cascade label guidance: loss weights (the paper's lambdas) of the sub4 and sub24
@@ -158,7 +157,7 @@ def build_icnet(
 
     sub1 = inputs
     for i, width in enumerate(light_filters, start=1):
-        sub1 = strided_conv_bn_relu(sub1, width, 3, name=f"sub1_conv{i}")
+        sub1 = layers.conv_bn_relu(sub1, width, 3, strides=2, name=f"sub1_conv{i}")
 
     sub24, guidance4 = cascade_feature_fusion(
         sub4, sub2, cff_filters, num_classes, reference=inputs, name="cff_sub24", guidance_name="sub4"

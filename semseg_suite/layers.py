@@ -256,12 +256,13 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         return {**super().get_config(), "bins": self.bins}
 
 
-def conv2d(filters: int, kernel_size: int, *, rate: int = 1, name: str, use_bias=False):
+def conv2d(filters: int, kernel_size: int, *, rate: int = 1, strides: int = 1, name: str, use_bias=False):
     """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
     cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D
     return cls(
         filters,
         kernel_size,
+        strides=strides,
         padding="same",
         dilation_rate=rate,
         use_bias=use_bias,
@@ -276,9 +277,9 @@ def batch_norm(name: str):
     )
 
 
-def conv_bn_relu(x, filters: int, kernel_size: int = 1, *, rate: int = 1, name: str):
+def conv_bn_relu(x, filters: int, kernel_size: int = 1, *, rate: int = 1, strides: int = 1, name: str):
     """Convolution, batch norm and ReLU, named ``{name}_conv/_bn/_relu``."""
-    x = conv2d(filters, kernel_size, rate=rate, name=f"{name}_conv")(x)
+    x = conv2d(filters, kernel_size, rate=rate, strides=strides, name=f"{name}_conv")(x)
     x = batch_norm(f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
