@@ -94,7 +94,6 @@ def test_bisenet_auxiliary_heads_supervise_the_context_path(bisenet):
         assert tuple(logits.shape) == (2, 96, 128, 5) and logits.dtype == "float32"
 
 
-@pytest.mark.slow  # about 60 s on 2 shared cores
 def test_bisenet_learns_the_tiny_task_with_its_auxiliary_losses():
     keras.utils.set_random_seed(0)
     model = build_model("BiSeNet", num_classes=2, auxiliary=True)

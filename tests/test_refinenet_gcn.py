@@ -228,9 +228,9 @@ def test_gcn_kernel_size_and_classes_are_hyperparameters():
     assert tuple(logits.shape) == (2, 45, 67, 3) and np.isfinite(np.asarray(logits)).all()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "model_name,hyperparameters", [("RefineNet", {"widths": (64, 32)}), ("GCN", {})]
+    "model_name,hyperparameters",
+    [pytest.param("RefineNet", {"widths": (64, 32)}, marks=pytest.mark.slow), ("GCN", {})],
 )
 def test_learns_the_tiny_task(model_name, hyperparameters):
     # RefineNet at an eighth of the paper's widths: its 64M head parameters
