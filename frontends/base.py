@@ -92,6 +92,8 @@ def application(app_fn: Callable[..., keras.Model], name: str, input_shape, weig
             # true and harmless for a fully convolutional frontend.
             warnings.filterwarnings("ignore", message=".*Weights for input shape")
             return app_fn(include_top=False, weights=weights, input_shape=tuple(input_shape))
+    except FrontendWeightsError:  # a hand-written backbone's own message
+        raise
     except Exception as error:  # keras raises a bare Exception on a failed download
         if weights != "imagenet":
             raise
@@ -101,6 +103,49 @@ def application(app_fn: Callable[..., keras.Model], name: str, input_shape, weig
             "or skip pretrained weights with --frontend-weights none "
             "(frontend_weights=None in Python)."
         ) from None
+
+
+def handwritten_inputs(name: str, module: str, weights, input_tensor, input_shape):
+    """Checks ``weights`` and returns the input of a hand-written backbone.
+
+    For backbones written here in the ``keras.applications`` style (ResNet18/34,
+    DenseNet161), for which Keras publishes no ImageNet weights: ``"imagenet"``
+    raises ``FrontendWeightsError`` (so ``weights="auto"`` falls back to random
+    init), a missing weights file ``FileNotFoundError``.
+
+    Args:
+        name: the network's name, e.g. ``"ResNet18"``.
+        module: the module that defines its constructor, for the message.
+    """
+    if weights == "imagenet":
+        raise FrontendWeightsError(
+            f"Keras publishes no ImageNet weights for {name}. Convert torchvision's "
+            f"{name.lower()} weights to a Keras .weights.h5 file for {module}.{name}() "
+            "and pass its path as the frontend weights, or skip pretrained weights with "
+            "--frontend-weights none (frontend_weights=None in Python)."
+        )
+    if weights is not None and not os.path.isfile(str(weights)):
+        raise FileNotFoundError(f"{weights}: weights file not found")
+    if input_tensor is not None:
+        return input_tensor
+    return keras.Input(input_shape or (None, None, 3))
+
+
+def handwritten_model(
+    name: str, inputs, x, *, weights, include_top, pooling, classes, classifier_activation
+) -> keras.Model:
+    """The ``keras.applications`` tail (classifier or pooling) and weight loading."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name=name.lower())
+    if weights is not None:
+        model.load_weights(weights)
+    return model
 
 
 def dilation_plan(

@@ -66,11 +66,9 @@ of 32x32 pixels and up work.
 
 from __future__ import annotations
 
-import os
-
 import keras
 
-from frontends.base import FrontendWeightsError, build_frontend_model, check_output_stride
+from frontends.base import build_frontend_model, check_output_stride, handwritten_inputs, handwritten_model
 from semseg_suite.layers import BN_EPSILON
 
 # name -> (growth rate, dense layers per block (conv2..conv5), stem channels)
@@ -91,14 +89,6 @@ ENDPOINTS = {2: "conv1_relu", 4: "pool2_relu", 8: "pool3_relu", 16: "pool4_relu"
 TRANSITION_POOLS = {8: "pool2_pool", 16: "pool3_pool", 32: "pool4_pool"}
 
 
-def _no_imagenet_message(name: str) -> str:
-    return (
-        f"Keras publishes no ImageNet weights for {name}. Convert torchvision's "
-        f"{name.lower()} weights to a Keras .weights.h5 file for "
-        f"frontends.densenet.{name}() and pass its path as the frontend weights, "
-        "or skip pretrained weights with --frontend-weights none "
-        "(frontend_weights=None in Python)."
-    )
 
 
 def _conv(filters, kernel_size, *, strides=1, padding="same", name):
@@ -155,15 +145,8 @@ def _densenet(
     classes: int,
     classifier_activation,
 ) -> keras.Model:
-    if weights == "imagenet":
-        raise FrontendWeightsError(_no_imagenet_message(name))
-    if weights is not None and not os.path.isfile(str(weights)):
-        raise FileNotFoundError(f"{weights}: weights file not found")
     growth_rate, blocks, stem = CONFIGS[name]
-    if input_tensor is not None:
-        inputs = input_tensor
-    else:
-        inputs = keras.Input(input_shape or (None, None, 3))
+    inputs = handwritten_inputs(name, "frontends.densenet", weights, input_tensor, input_shape)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = _conv(stem, 7, strides=2, padding="valid", name="conv1_conv")(x)
     x = _bn("conv1_bn")(x)
@@ -178,17 +161,10 @@ def _densenet(
             x = transition(x, name=f"pool{stage}")
     x = _bn("bn")(x)
     x = keras.layers.Activation("relu", name="relu")(x)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=name.lower())
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+    return handwritten_model(
+        name, inputs, x, weights=weights, include_top=include_top, pooling=pooling,
+        classes=classes, classifier_activation=classifier_activation,
+    )
 
 
 def DenseNet161(
@@ -253,10 +229,6 @@ def build_densenet(
     """
     del multi_grid
     output_stride = check_output_stride(output_stride)
-    if name == "DenseNet161" and weights == "imagenet":
-        # Raised here, not inside build_frontend_model, whose ImageNet error
-        # message is about downloads and caches.
-        raise FrontendWeightsError(_no_imagenet_message(name))
     return build_frontend_model(
         _APPLICATIONS[name],
         name,

@@ -32,11 +32,9 @@ by ``ResNet18()``/``ResNet34()`` and pass its path. Inputs are expected with
 
 from __future__ import annotations
 
-import os
-
 import keras
 
-from frontends.base import FrontendWeightsError, build_frontend_model
+from frontends.base import build_frontend_model, handwritten_inputs, handwritten_model
 from semseg_suite.layers import BN_EPSILON
 
 # Blocks per stage (conv2..conv5) per depth (He et al. 2016, Table 1).
@@ -45,14 +43,6 @@ _FILTERS = (64, 128, 256, 512)
 
 
 
-def _no_imagenet_message(name: str) -> str:
-    return (
-        f"Keras publishes no ImageNet weights for {name}. Convert torchvision's "
-        f"{name.lower()} weights to a Keras .weights.h5 file for "
-        f"frontends.resnet_basic.{name}() and pass its path as the frontend weights, "
-        "or skip pretrained weights with --frontend-weights none "
-        "(frontend_weights=None in Python)."
-    )
 
 
 def endpoints(name: str) -> dict[int, str]:
@@ -123,14 +113,7 @@ def _resnet(
     classes: int,
     classifier_activation,
 ) -> keras.Model:
-    if weights == "imagenet":
-        raise FrontendWeightsError(_no_imagenet_message(name))
-    if weights is not None and not os.path.isfile(str(weights)):
-        raise FileNotFoundError(f"{weights}: weights file not found")
-    if input_tensor is not None:
-        inputs = input_tensor
-    else:
-        inputs = keras.Input(input_shape or (None, None, 3))
+    inputs = handwritten_inputs(name, "frontends.resnet_basic", weights, input_tensor, input_shape)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = _conv(64, 7, strides=2, padding="valid", name="conv1_conv")(x)
     x = _bn("conv1_bn")(x)
@@ -142,17 +125,10 @@ def _resnet(
         for block in range(1, blocks + 1):
             stride = 2 if block == 1 and stage > 2 else 1
             x = basic_block(x, filters, stride=stride, name=f"conv{stage}_block{block}")
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=name.lower())
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+    return handwritten_model(
+        name, inputs, x, weights=weights, include_top=include_top, pooling=pooling,
+        classes=classes, classifier_activation=classifier_activation,
+    )
 
 
 def ResNet18(
@@ -217,10 +193,6 @@ def build_resnet_basic(
             bottleneck blocks of a deep ResNet's last stage.
     """
     del multi_grid
-    if weights == "imagenet":
-        # Raised here, not inside build_frontend_model, whose ImageNet error
-        # message is about downloads and caches.
-        raise FrontendWeightsError(_no_imagenet_message(name))
     return build_frontend_model(
         _APPLICATIONS[name],
         name,
