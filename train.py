@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
-from semseg_suite import data, export, training  # noqa: E402
+from semseg_suite import class_weights, data, distribute, export, losses, optim, training  # noqa: E402
 from semseg_suite.cli import ignore_class, setup_logging, str2bool  # noqa: E402
 
 
@@ -58,23 +58,70 @@ def parse_args(argv=None) -> argparse.Namespace:
     dataset.add_argument("--scale-min", type=float, default=0.5, help="min random scale (default: 0.5)")
     dataset.add_argument("--scale-max", type=float, default=2.0, help="max random scale (default: 2.0)")
 
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--num-epochs", "--num_epochs", type=int, help=default("num_epochs"))
-    optim.add_argument("--batch-size", "--batch_size", type=int,
-                       help="GLOBAL batch size, split over replicas " + default("batch_size"))
-    optim.add_argument("--learning-rate", "--learning_rate", type=float,
-                       help="initial learning rate, poly-decayed to 0 " + default("learning_rate"))
-    optim.add_argument("--optimizer", choices=training.OPTIMIZERS, help=default("optimizer"))
-    optim.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling, augmentation")
+    optimisation = parser.add_argument_group(
+        "optimisation",
+        "The batch size and learning rate are GLOBAL: --batch-size is split evenly over the replicas "
+        "(GPUs, workers), and the learning rate applies to the mean loss of the whole global batch, "
+        "as on one device; it is not rescaled with the number of replicas.",
+    )
+    optimisation.add_argument("--num-epochs", "--num_epochs", type=int, help=default("num_epochs"))
+    optimisation.add_argument("--batch-size", "--batch_size", type=int,
+                              help="GLOBAL batch size, split over replicas " + default("batch_size"))
+    optimisation.add_argument("--accum-steps", type=int, default=1,
+                              help="average the gradients of this many batches per update, for large crops on "
+                                   "small devices: the effective batch is accum-steps x batch-size (default: 1)")
+    optimisation.add_argument("--optimizer", choices=optim.OPTIMIZERS, help=default("optimizer"))
+    optimisation.add_argument("--learning-rate", "--learning_rate", type=float,
+                              help="peak learning rate for the global batch " + default("learning_rate"))
+    optimisation.add_argument("--lr-schedule", default="poly", choices=optim.SCHEDULES,
+                              help="poly: lr (1 - t/T)^0.9 (DeepLab); cosine; step: x --lr-step-factor every "
+                                   "--lr-step-epochs; constant (default: poly)")
+    optimisation.add_argument("--warmup-epochs", type=float, default=0.0,
+                              help="linear warm-up from ~0 to the learning rate first (default: 0)")
+    optimisation.add_argument("--lr-step-epochs", type=float,
+                              help="step schedule: epochs between decays (default: a third of the run)")
+    optimisation.add_argument("--lr-step-factor", type=float, default=0.1, help="step schedule: decay factor (0.1)")
+    optimisation.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    optimisation.add_argument("--weight-decay", type=float,
+                              help="decoupled weight decay on kernels, not biases or norms "
+                                   f"(default: {optim.ADAMW_WEIGHT_DECAY} for adamw, 0 otherwise)")
+    optimisation.add_argument("--clip-norm", type=float, help="clip the global gradient norm (default: off)")
+    optimisation.add_argument("--loss", default="ce",
+                              help=f"loss, or a sum like ce+dice or ce+0.5*dice; one of {', '.join(losses.LOSSES)} "
+                                   "(default: ce)")
+    optimisation.add_argument("--class-weights", metavar="median-frequency|enet|FILE",
+                              help="class-weighted ce/focal/ohem, weights from the training labels "
+                                   "(SegNet's median frequency, ENet's 1/ln(1.02 + p)) or a file (default: off)")
+    optimisation.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma (default: 2)")
+    optimisation.add_argument("--ohem-ratio", type=float,
+                              help="ohem loss: fraction of each image's hardest pixels kept (default: the loss's)")
+    optimisation.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling, augmentation")
 
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-dir", help="where checkpoints, log and plots go (default: checkpoints/MODEL_FRONTEND)")
     run.add_argument("--resume", "--continue_training", type=str2bool, nargs="?", const=True, default=False,
-                     help="continue from CHECKPOINT_DIR/latest.keras (weights, optimizer, epoch)")
-    run.add_argument("--xla", default="auto", choices=training.XLA_CHOICES,
+                     help="continue from CHECKPOINT_DIR/latest.keras even if that run finished (an unfinished, "
+                          "e.g. killed, run continues without it)")
+    run.add_argument("--restart", action="store_true",
+                     help="start afresh even if CHECKPOINT_DIR holds an unfinished run")
+    run.add_argument("--patience", type=int,
+                     help="stop when val mIoU has not improved for this many epochs (default: off)")
+    run.add_argument("--tensorboard", nargs="?", const="", metavar="DIR",
+                     help="write TensorBoard logs (loss, lr, mIoU, per-class IoU, predictions) to DIR "
+                          "(default DIR: CHECKPOINT_DIR/tensorboard)")
+    run.add_argument("--precision", default="float32", choices=distribute.PRECISIONS,
+                     help="mixed_bfloat16: fast on CPUs with AMX/AVX512-BF16 and TPUs; mixed_float16 (with loss "
+                          "scaling): GPUs (default: float32)")
+    run.add_argument("--xla", default="auto", choices=distribute.XLA_CHOICES,
                      help="XLA jit_compile; auto: on for GPU/TPU, off on CPU where it is slower")
-    run.add_argument("--strategy", default="auto", choices=training.STRATEGIES,
-                     help="tf.distribute strategy; auto: mirrored over several GPUs, else default")
+    run.add_argument("--strategy", default="auto", choices=distribute.STRATEGIES,
+                     help="tf.distribute strategy; auto: multi-worker when TF_CONFIG names several workers, "
+                          "mirrored over several GPUs, else default")
+    run.add_argument("--tpu", default="", help="--strategy tpu: TPU name or address (default: local)")
+    run.add_argument("--sync-bn", action="store_true",
+                     help="batch-norm statistics over all replicas (synchronized BatchNormalization); without "
+                          "it each replica normalises by its own part of the batch and the checkpoints keep the "
+                          "first replica's moving averages")
     return parser.parse_args(argv)
 
 
@@ -96,9 +143,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         training.train(config_from_args(args))
-    except (data.DatasetError, export.CheckpointError, FileNotFoundError, FrontendWeightsError) as error:
+    except (data.DatasetError, export.CheckpointError, FileNotFoundError, FrontendWeightsError,
+            distribute.DistributeError, distribute.XLACompileError, class_weights.ClassWeightsError,
+            losses.LossError, ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except training.NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -42,18 +42,20 @@ def labels_with_void(rng, shape, num_classes):
     return labels
 
 
-def test_weighted_loss_sum_equals_the_weighted_sum_by_hand():
+def test_weighted_heads_loss_equals_the_weighted_sum_by_hand():
     rng = np.random.default_rng(0)
     labels = labels_with_void(rng, (2, 5, 7), 4)
     outputs = {name: rng.normal(size=(2, 5, 7, 4)).astype("float32") for name in ("logits", "aux_a", "aux_b")}
     weights = {"aux_a": 0.4, "aux_b": 0.16}
-    loss_fn = losses.get_loss("ce", reduction=None)
-    total, valid = losses.weighted_loss_sum(loss_fn, labels, outputs, weights)
+    loss = losses.get_loss("ce", num_classes=4)
+    denominators = loss.denominators(labels, 4)
+    total = losses.weighted_heads_loss(loss, labels, outputs, weights, denominators)
+    valid = np.sum(labels != IGNORE)
     expected = sum(
         weights.get(name, 1.0) * numpy_cross_entropy_sum(labels, logits)[0] for name, logits in outputs.items()
     )
-    assert float(valid) == np.sum(labels != IGNORE)
-    np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+    assert float(denominators[0]) == valid
+    np.testing.assert_allclose(float(total), expected / valid, rtol=1e-5)
 
 
 def test_train_step_loss_is_the_weighted_sum_of_both_heads():

@@ -8,7 +8,7 @@ import tensorflow as tf
 import builders
 import frontends
 import semseg_suite
-from semseg_suite import build_model, data, export, flops, metrics, training
+from semseg_suite import build_model, data, export, flops, metrics, optim, training
 from semseg_suite.layers import AtrousConv2D
 from tiny_task import squares
 
@@ -98,7 +98,7 @@ def test_bisenet_learns_the_tiny_task_with_its_auxiliary_losses():
     keras.utils.set_random_seed(0)
     model = build_model("BiSeNet", num_classes=2, auxiliary=True)
     steps = 120
-    model.compile(optimizer=keras.optimizers.Adam(training.poly_schedule(2e-3, steps)))
+    model.compile(optimizer=keras.optimizers.Adam(optim.make_schedule("poly", 2e-3, steps)))
     trainer = training.Trainer(
         model, tf.distribute.get_strategy(), num_classes=2,
         loss_weights=semseg_suite.models.loss_weights("BiSeNet"),

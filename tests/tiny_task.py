@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from semseg_suite import data, metrics, training
+from semseg_suite import data, metrics, optim, training
 
 
 def squares(rng, count, size=64):
@@ -28,7 +28,7 @@ def fit_squares(model, *, steps=150, learning_rate=2e-3, batch_size=8, size=64, 
     (``semseg_suite.models.loss_weights``).
     """
     rng = np.random.default_rng(seed)
-    model.compile(optimizer=keras.optimizers.Adam(training.poly_schedule(learning_rate, steps)))
+    model.compile(optimizer=keras.optimizers.Adam(optim.make_schedule("poly", learning_rate, steps)))
     trainer = training.Trainer(model, tf.distribute.get_strategy(), num_classes=2, loss_weights=loss_weights)
     images, labels = squares(rng, 256, size)
     train_set = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(256, seed=seed).repeat().batch(batch_size)
