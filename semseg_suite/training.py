@@ -305,8 +305,6 @@ def _load_data(config: TrainConfig) -> data.DatasetInfo:
     return info
 
 
-
-
 def _make_loss(config: TrainConfig, info: data.DatasetInfo) -> losses.SegmentationLoss:
     weights = None
     if config.class_weights:
@@ -366,8 +364,8 @@ def _resume_state(config: TrainConfig, latest: pathlib.Path) -> dict | None:
 
 
 def _best_so_far(paths) -> tuple[float, int | None]:
-    """Score and epoch of the ``best`` checkpoint on disk (read from the file
-    itself, so a kill between writing ``latest`` and ``best`` cannot disagree)."""
+    """Score and epoch of the ``best`` checkpoint on disk, read from the file itself:
+    after a kill between writing ``best`` and ``latest`` they disagree."""
     best = paths["best.keras"]
     if not best.exists():
         return -1.0, None
