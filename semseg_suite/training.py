@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import importlib.util
 import logging
-import math
 import pathlib
 import time
 
@@ -446,7 +445,8 @@ class _ValidationImages:
         self.writer.flush()
 
 
-def _callbacks(config, model, log_path, out_dir, chief) -> keras.callbacks.CallbackList:
+def _callbacks(config, model, log_path, chief) -> keras.callbacks.CallbackList:
+    """NaN stop for every process; the CSV log and TensorBoard on the chief only."""
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if chief:
         callbacks.append(keras.callbacks.CSVLogger(str(log_path), append=True))
@@ -521,13 +521,14 @@ def train(config: TrainConfig) -> dict:
         distribute.strategy_name(strategy), "on" if jit_compile else "off", out_dir,
     )
     metadata = _metadata(config, info)
-    callbacks = _callbacks(config, model, log_path, out_dir, chief)
+    callbacks = _callbacks(config, model, log_path, chief)
     callbacks.on_train_begin()
     val_dataset = (
         data.make_eval_dataset(info, val_split, preprocessing=preprocessing, cache=True) if val_split else None
     )
-    images = _ValidationImages(pathlib.Path(config.tensorboard), info, val_dataset) if (
-        chief and config.tensorboard and val_dataset is not None) else None
+    images = None
+    if chief and config.tensorboard and val_dataset is not None:
+        images = _ValidationImages(pathlib.Path(config.tensorboard), info, val_dataset)
     best, best_epoch = _best_so_far(paths) if start_epoch else (-1.0, None)
     history, stop_reason = [], None
     model.stop_training = False
