@@ -32,7 +32,8 @@ class AtrousConv2D(keras.layers.Conv2D):
     ``tf.nn.convolution``, which wraps a dense convolution in space-to-batch and
     batch-to-space for any ``r > 1`` and is 10-100x slower on CPU than
     ``tf.nn.conv2d(..., dilations=r)``. This layer calls the latter; weights, config
-    and results are those of ``Conv2D``, and other backends use the parent's op.
+    and results are those of ``Conv2D``, and other backends use the parent's op, as
+    do float16 inputs (TensorFlow's CPU kernels have no float16 dilated gradient).
     """
 
     def convolution_op(self, inputs, kernel):
@@ -42,6 +43,8 @@ class AtrousConv2D(keras.layers.Conv2D):
             and self.groups == 1
             and tuple(self.strides) == (1, 1)
             and max(self.dilation_rate) > 1
+            # TensorFlow has no float16 gradient of the dilated kernel on CPU
+            and inputs.dtype != "float16"
         ):
             import tensorflow as tf
 

@@ -196,3 +196,17 @@ def test_deeplab_at_output_stride_8_has_only_fast_dilated_convs(model_name):
     rates = {max(layer.dilation_rate) for layer in model.layers if isinstance(layer, AtrousConv2D)}
     assert {2, 4} <= rates
     keras.backend.clear_session()
+
+
+def test_float16_gradients_work_on_cpu():
+    # TensorFlow's CPU dilated kernel has no float16 gradient: float16 takes Conv2D's path
+    layer = AtrousConv2D(4, 3, padding="same", dilation_rate=6, dtype="mixed_float16")
+    x = tf.constant(np.random.default_rng(0).normal(size=(1, 13, 11, 3)), tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    gradients = tape.gradient(loss, [x, layer.kernel])
+    assert y.dtype == tf.float16
+    assert all(np.isfinite(np.asarray(g, np.float32)).all() and np.abs(np.asarray(g, np.float32)).sum() > 0
+               for g in gradients)
