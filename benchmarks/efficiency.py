@@ -9,7 +9,7 @@ DeepLabV3 on every frontend (``--models`` / ``--frontends`` filter them; ``none`
 selects the models with their own encoder). Per row and precision: parameters and
 forward GFLOPs per image (``semseg_suite.flops``), inference ms and images/s (batch
 1, a ``tf.function`` call), training images/s (the suite's ``Trainer`` step, batch
-2, forward + backward + update), achieved GFLOP/s and its share of the machine's
+2 or ``--train-batch``, forward + backward + update), achieved GFLOP/s and its share of the machine's
 theoretical and measured peaks (``benchmarks/peak.py``) of the precision's compute
 dtype. The two precisions of a model are built together, warmed up and timed in
 alternation; times are medians.
@@ -65,6 +65,9 @@ def parse_args(argv=None):
     parser.add_argument("--infer-rounds", type=int, default=10, help="timed inference calls per precision")
     parser.add_argument("--train-rounds", type=int, default=5, help="timed training steps per precision")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls and steps per precision first")
+    parser.add_argument("--train-batch", type=int, default=TRAIN_BATCH,
+                        help=f"training batch (default: {TRAIN_BATCH}; the table marks rows measured with another, "
+                             "e.g. 1 for full-resolution models whose batch of 2 does not fit in memory)")
     parser.add_argument("--peak-size", type=int, default=2048,
                         help="side of the matmuls timed with the inference calls (default: 2048)")
     parser.add_argument("--cache", default=str(ROOT / "docs" / "benchmarks_efficiency.json"), help="JSON of rows")
@@ -147,7 +150,7 @@ def measure_pair(model, frontend, precisions, args) -> dict[str, dict]:
         for precision in precisions
     }
     image = train_speed.random_batch(1, SIZE, args.num_classes)[0]
-    batch = train_speed.random_batch(TRAIN_BATCH, SIZE, args.num_classes)
+    batch = train_speed.random_batch(args.train_batch, SIZE, args.num_classes)
     dtypes = sorted({COMPUTE_DTYPE[p] for p in precisions})
     calls = {("infer", p): (lambda v=v: v.infer(image)) for p, v in variants.items()}
     calls.update({("matmul", dtype): peak.matmul_call(dtype, args.peak_size) for dtype in dtypes})
@@ -163,7 +166,8 @@ def measure_pair(model, frontend, precisions, args) -> dict[str, dict]:
             "gflops": count_flops(variant.inference) / 1e9,
             "infer_ms": 1000 * seconds[("infer", precision)],
             "infer_ips": 1 / seconds[("infer", precision)],
-            "train_ips": TRAIN_BATCH / train[precision],
+            "train_ips": args.train_batch / train[precision],
+            "train_batch": args.train_batch,
             "measured_peaks": measured_peaks,
         }
     seconds = time.perf_counter() - start
@@ -229,11 +233,17 @@ def render_row(row: dict, machine: dict, float32_row: dict | None) -> str:
     cells = [
         row["model"], row["frontend"] or "own encoder", row["precision"], f"{row['params'] / 1e6:.2f}",
         f"{row['gflops']:.1f}", f"{row['infer_ms']:.0f}", f"{row['infer_ips']:.2f}", f"{infer_gflops:.0f}",
-        _percent(infer_gflops, theoretical), _percent(infer_gflops, measured), f"{row['train_ips']:.2f}",
+        _percent(infer_gflops, theoretical), _percent(infer_gflops, measured), _train_cell(row),
         f"{train_gflops:.0f}", _percent(train_gflops, theoretical), _percent(train_gflops, measured),
         speedup, f"{row['load']:.1f}",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _train_cell(row: dict) -> str:
+    """Training images/s, with the batch when it is not the table's."""
+    batch = row.get("train_batch", TRAIN_BATCH)
+    return f"{row['train_ips']:.2f}" + ("" if batch == TRAIN_BATCH else f" (batch {batch})")
 
 
 def _ordered(rows: list[dict]) -> list[dict]:
@@ -294,7 +304,7 @@ def render(cache: dict) -> str:
         f"Per model x frontend at {SIZE}x{SIZE}, random inputs. GFLOPs: forward, per image, 2 x the "
         "multiply-accumulates of every convolution and dense layer (`semseg_suite.flops`). Inference: batch 1, "
         "one `tf.function` call, median of the timed calls. Training: the suite's `Trainer` step, batch "
-        f"{TRAIN_BATCH}, forward + backward + Adam update, median step. Achieved GFLOP/s: inference GFLOPs x "
+        f"{TRAIN_BATCH} (another where the cell says so), forward + backward + Adam update, median step. Achieved GFLOP/s: inference GFLOPs x "
         f"images/s; training {TRAIN_FLOPS_PER_FORWARD} x forward GFLOPs x images/s (backward = gradients of inputs "
         "and weights, each about one forward). Peaks are those of the precision's compute dtype (float32, or "
         "bfloat16 for mixed_bfloat16): theoretical from the CPU's description; measured: the median GFLOP/s of "
