@@ -311,7 +311,8 @@ def render(cache: dict) -> str:
         "square matmuls timed in alternation with the row's inference calls, so that both see the same load "
         "(`benchmarks/peak.py` gives the best-of peak of a quiet moment). The two precisions of a model are timed "
         "in alternation; the speedup is mixed_bfloat16 over float32 images/s (inference / training). Load: the "
-        "1-minute load average when the row started (2 cores: above ~0.5 means other work shared the machine).",
+        "1-minute load average when the row started; it includes this script's own previous row (up to ~2 on 2 "
+        "cores), so only values well above 2 mean that other work shared the machine.",
     ]
     for machine_name, machine in cache["machines"].items():
         rows = _ordered([row for row in cache["rows"].values() if row["machine"] == machine_name])
