@@ -9,10 +9,10 @@ DeepLabV3 on every frontend (``--models`` / ``--frontends`` filter them; ``none`
 selects the models with their own encoder). Per row and precision: parameters and
 forward GFLOPs per image (``semseg_suite.flops``), inference ms and images/s (batch
 1, a ``tf.function`` call), training images/s (the suite's ``Trainer`` step, batch
-2 or ``--train-batch``, forward + backward + update), achieved GFLOP/s and its share of the machine's
-theoretical and measured peaks (``benchmarks/peak.py``) of the precision's compute
-dtype. The two precisions of a model are built together, warmed up and timed in
-alternation; times are medians.
+2 or ``--train-batch``, forward + backward + update), achieved GFLOP/s and its share
+of the machine's theoretical and measured peaks (``benchmarks/peak.py``) of the
+precision's compute dtype. The two precisions of a model are built together, warmed
+up and timed in alternation; times are medians.
 
 Resumable: each measured row is stored in ``--cache`` (JSON) under (model,
 frontend, precision, machine) as soon as it is done, and rows already there are
@@ -304,8 +304,9 @@ def render(cache: dict) -> str:
         f"Per model x frontend at {SIZE}x{SIZE}, random inputs. GFLOPs: forward, per image, 2 x the "
         "multiply-accumulates of every convolution and dense layer (`semseg_suite.flops`). Inference: batch 1, "
         "one `tf.function` call, median of the timed calls. Training: the suite's `Trainer` step, batch "
-        f"{TRAIN_BATCH} (another where the cell says so), forward + backward + Adam update, median step. Achieved GFLOP/s: inference GFLOPs x "
-        f"images/s; training {TRAIN_FLOPS_PER_FORWARD} x forward GFLOPs x images/s (backward = gradients of inputs "
+        f"{TRAIN_BATCH} (another where the cell says so), forward + backward + Adam update, median step. "
+        f"Achieved GFLOP/s: inference GFLOPs x images/s; training {TRAIN_FLOPS_PER_FORWARD} x forward GFLOPs x "
+        "images/s (backward = gradients of inputs "
         "and weights, each about one forward). Peaks are those of the precision's compute dtype (float32, or "
         "bfloat16 for mixed_bfloat16): theoretical from the CPU's description; measured: the median GFLOP/s of "
         "square matmuls timed in alternation with the row's inference calls, so that both see the same load "
