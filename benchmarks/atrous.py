@@ -68,16 +68,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def print_header(argv) -> None:
-    """Machine, versions, load and the command, above the tables."""
-    command = "python benchmarks/atrous.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print("\n".join(peak.header_lines(command)))
-    print()
-
-def median_ms(variants: dict, repeats: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds per call of each variant, timed alternately (``train_speed.alternate``)."""
-    return {name: 1000 * seconds for name, seconds in train_speed.alternate(variants, repeats, warmup).items()}
-
 def inference(model_or_layer, x) -> Callable[[], object]:
     """A call of ``model_or_layer`` on ``x`` in a ``tf.function``, its output fetched."""
     run = tf.function(lambda inputs: model_or_layer(inputs, training=False), autograph=False)
@@ -112,7 +102,8 @@ def conv_table(args) -> None:
             ours = AtrousConv2D.from_config(keras_conv.get_config())
             ours.build(x.shape)
             ours.set_weights(keras_conv.get_weights())
-            ms = median_ms({"keras": inference(keras_conv, x), "ours": inference(ours, x)}, args.repeats, args.warmup)
+            calls = {"keras": inference(keras_conv, x), "ours": inference(ours, x)}
+            ms = train_speed.median_ms(calls, args.repeats, args.warmup)
             print(f"| {size}x{size} | {rate} | {ms['keras']:.1f} | {ms['ours']:.1f} | "
                   f"{ms['keras'] / ms['ours']:.2f}x |", flush=True)
     print()
@@ -134,7 +125,8 @@ def model_table(args) -> None:
         )
         before = plain_conv2d_clone(after)
         dilated = sum(isinstance(layer, AtrousConv2D) for layer in after.layers)
-        ms = median_ms({"before": inference(before, x), "after": inference(after, x)}, args.repeats, args.warmup)
+        calls = {"before": inference(before, x), "after": inference(after, x)}
+        ms = train_speed.median_ms(calls, args.repeats, args.warmup)
         print(f"| {model_name} | {output_stride} | {dilated} | {ms['before']:.0f} | {ms['after']:.0f} | "
               f"{ms['before'] / ms['after']:.2f}x |", flush=True)
     print()
@@ -159,7 +151,7 @@ def aspp_table(args) -> None:
         "rates 6/12/18, AtrousConv2D": inference(dilated, x),
         "rates 6/12/18, Keras Conv2D": inference(plain_conv2d_clone(dilated), x),
     }
-    ms = median_ms(variants, args.repeats, args.warmup)
+    ms = train_speed.median_ms(variants, args.repeats, args.warmup)
     base = ms["rates 1/1/1"]
     print("| ASPP | ms | vs rates 1/1/1 |")
     print("|---|---:|---:|")
@@ -174,7 +166,7 @@ def aspp_table(args) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # retracing notes: every variant is traced once
-    print_header(argv)
+    print("\n".join(peak.header_lines(peak.command_line(__file__, argv))), end="\n\n")
     if not args.skip_convs:
         conv_table(args)
     if not args.skip_models:

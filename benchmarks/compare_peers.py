@@ -161,8 +161,7 @@ def parse_args(argv=None):
 
 def print_header(argv) -> None:
     """Machine, versions (the peers' too), load and the command, above the table."""
-    command = "python benchmarks/compare_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print("\n".join(peak.header_lines(command)))
+    print("\n".join(peak.header_lines(peak.command_line(__file__, argv))))
     print("Peers: " + ", ".join(f"{name} {importlib.metadata.version(name)}" for name in PEER_PACKAGES))
     print()
 

@@ -366,7 +366,7 @@ def write_section(path: pathlib.Path, section: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = ("python benchmarks/efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    command = peak.command_line(__file__, argv)
     cache_path = pathlib.Path(args.cache)
     failures = [] if args.render_only else measure_all(args, cache_path, command)
     section = render(load_cache(cache_path))

@@ -299,6 +299,13 @@ def machine_key(cpu: CpuInfo, uarch: Microarchitecture | None = None) -> str:
 _SHOWN_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"})
 
 
+def command_line(script: str, argv=None) -> str:
+    """The command that runs the benchmark ``script`` (its ``__file__``) with ``argv``
+    (default: this process's arguments), for table headers."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{pathlib.Path(script).name}", *arguments])
+
+
 def header_lines(command: str) -> list[str]:
     """Machine, TensorFlow/Keras versions, the 1-minute load average and ``command``,
     for the header of a benchmark table."""
@@ -346,12 +353,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/peak.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line(__file__, argv)
     cpu = read_cpu_info()
     uarch = identify_microarchitecture(cpu)
     theoretical = theoretical_peaks(cpu, uarch)
     measured = measured_peaks(args.size, args.repeats)
-    print(render(cpu, uarch, theoretical, measured, command.strip()))
+    print(render(cpu, uarch, theoretical, measured, command))
     return 0
 
 

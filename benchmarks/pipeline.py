@@ -103,7 +103,7 @@ def fed_speed(variant, root, crop, model_name, args) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = ("python benchmarks/pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    command = peak.command_line(__file__, argv)
     info = data.load_dataset(args.dataset)
     preprocessing = semseg_suite.preprocessing_mode(None)
     print("\n".join(peak.header_lines(command)))

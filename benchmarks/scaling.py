@@ -46,16 +46,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def print_header(argv) -> None:
-    """Machine, versions, load and the command, above the tables."""
-    command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print("\n".join(peak.header_lines(command)))
-    print()
-
-def median_ms(variants: dict, repeats: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds per call of each variant, timed alternately (``train_speed.alternate``)."""
-    return {name: 1000 * seconds for name, seconds in train_speed.alternate(variants, repeats, warmup).items()}
-
 def inference_calls(model: keras.Model, sizes, batch: int) -> dict[int, Callable[[], object]]:
     """One fetched ``tf.function`` inference call per image size (one trace each)."""
     predict = tf.function(lambda x: model(x, training=False), autograph=False)
@@ -71,7 +61,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sizes = sorted(args.sizes)
     tf.get_logger().setLevel("ERROR")  # retracing notes: one trace per size is intended
-    print_header(argv)
+    print("\n".join(peak.header_lines(peak.command_line(__file__, argv))), end="\n\n")
     print(f"{args.model}, default output stride, float32, batch {args.batch}: ms per image, median of "
           f"{args.repeats} alternated calls after {args.warmup} warm-up; b/a = cost at b px over cost at a px "
           "((b/a)^2 times the pixels)")
@@ -83,7 +73,7 @@ def main(argv=None) -> int:
     for frontend in args.frontends:
         keras.backend.clear_session()
         model = semseg_suite.build_model(args.model, frontend, num_classes=21)
-        ms = median_ms(inference_calls(model, sizes, args.batch), args.repeats, args.warmup)
+        ms = train_speed.median_ms(inference_calls(model, sizes, args.batch), args.repeats, args.warmup)
         per_image = {size: value / args.batch for size, value in ms.items()}
         ratios = [per_image[b] / per_image[a] for a, b in zip(sizes, sizes[1:])]
         print(f"| {frontend} | " + " | ".join(f"{per_image[s]:.0f}" for s in sizes) + " | "

@@ -141,6 +141,11 @@ def alternate(calls: dict, rounds: int, warmup: int) -> dict:
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
+def median_ms(calls: dict, rounds: int, warmup: int) -> dict[str, float]:
+    """``alternate`` in milliseconds."""
+    return {name: 1000 * seconds for name, seconds in alternate(calls, rounds, warmup).items()}
+
+
 def measure(model_name, frontend, args) -> dict:
     """Train and inference images/s of every (precision, XLA) variant of one model."""
     keras.backend.clear_session()
@@ -176,8 +181,7 @@ def render_rows(model_name, frontend, speeds, args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print("\n".join(peak.header_lines(command.strip())))
+    print("\n".join(peak.header_lines(peak.command_line(__file__, argv))))
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         print(f"Device: {gpus[0].name}")
