@@ -1,12 +1,13 @@
 """Dilated convolution: Keras's Conv2D against the suite's AtrousConv2D.
 
-    python benchmarks/atrous.py                          # all three tables
+    python benchmarks/atrous.py                          # all four tables
     python benchmarks/atrous.py --sizes 8 32 --rates 1 6 18 --skip-models
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/atrous.py --skip-convs --skip-models --skip-aspp
 
 On the TensorFlow backend ``keras.layers.Conv2D(dilation_rate=r)`` runs through
 ``tf.nn.convolution``, which wraps a dense convolution in space-to-batch and
 batch-to-space for any ``r > 1``; ``semseg_suite.layers.AtrousConv2D`` calls the
-native dilated kernel, ``tf.nn.conv2d(..., dilations=r)``. Three tables, each
+native dilated kernel, ``tf.nn.conv2d(..., dilations=r)``. Four tables, each
 timing its variants alternately (rotating their order every repeat) after
 warm-up, and reporting the median:
 
@@ -20,6 +21,12 @@ warm-up, and reporting the median:
    ``image / 16`` map of 2048 channels (output stride 16) against the same ASPP
    with every rate set to 1, and against the Keras-``Conv2D`` ASPP. Goal: the
    dilated one within 1.5x of the rate-1 one.
+4. Training: forward and backward (input and kernel gradients) of the table-1
+   convolution, per ``--train-sizes`` and ``--train-rates``: Keras ``Conv2D``
+   vs ``AtrousConv2D``. Which gradient ``AtrousConv2D`` takes depends on
+   whether TensorFlow runs oneDNN (``TF_ENABLE_ONEDNN_OPTS``, fixed when it
+   starts; on by default on CPUs with AVX-512): run the script once with each
+   setting. The header says which one ran.
 
 Every call is a ``tf.function`` (graph mode, as in training and inference), and
 its output is fetched (``.numpy()``) inside the timed region.
@@ -65,6 +72,11 @@ def parse_args(argv=None):
     parser.add_argument("--skip-convs", action="store_true", help="leave out the convolution table")
     parser.add_argument("--skip-models", action="store_true", help="leave out the model table")
     parser.add_argument("--skip-aspp", action="store_true", help="leave out the ASPP goal check")
+    parser.add_argument("--train-sizes", type=int, nargs="+", default=[16, 32, 64],
+                        help="square map sizes of the forward+backward table (default: 16 32 64)")
+    parser.add_argument("--train-rates", type=int, nargs="+", default=[2, 6, 12, 24],
+                        help="dilation rates of the forward+backward table (default: 2 6 12 24)")
+    parser.add_argument("--skip-train", action="store_true", help="leave out the forward+backward table")
     return parser.parse_args(argv)
 
 
@@ -72,6 +84,21 @@ def inference(model_or_layer, x) -> Callable[[], object]:
     """A call of ``model_or_layer`` on ``x`` in a ``tf.function``, its output fetched."""
     run = tf.function(lambda inputs: model_or_layer(inputs, training=False), autograph=False)
     return lambda: run(x).numpy()
+
+
+def forward_backward(layer, x) -> Callable[[], object]:
+    """Forward and backward pass of ``layer`` on ``x`` (gradients of the input and
+    the kernel against a fixed output gradient) in a ``tf.function``, fetched."""
+    dy = tf.ones(layer.compute_output_shape(x.shape), x.dtype)
+
+    @tf.function(autograph=False)
+    def run(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs)
+        return tape.gradient(outputs, [inputs, layer.kernel], output_gradients=dy)
+
+    return lambda: [g.numpy() for g in run(x)]
 
 
 def plain_conv2d_clone(model: keras.Model) -> keras.Model:
@@ -163,6 +190,31 @@ def aspp_table(args) -> None:
     print()
 
 
+def train_table(args) -> None:
+    onednn = "on" if layers.onednn_enabled() else "off"
+    print(f"Forward + backward (input and kernel gradients), 3x3 convolution 2048 -> 256, float32, "
+          f"batch {args.batch}, oneDNN {onednn} (TF_ENABLE_ONEDNN_OPTS="
+          f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}), AtrousConv2D gradient path "
+          f"{layers.atrous_gradient_path()!r}: ms per call (median of {args.repeats}, after {args.warmup} warm-up)")
+    print()
+    print("| map | rate | Keras Conv2D ms | AtrousConv2D ms | speedup |")
+    print("|---|---:|---:|---:|---:|")
+    rng = np.random.default_rng(3)
+    for size in args.train_sizes:
+        x = tf.constant(rng.normal(size=(args.batch, size, size, 2048)), tf.float32)
+        for rate in args.train_rates:
+            keras_conv = keras.layers.Conv2D(256, 3, padding="same", dilation_rate=rate, use_bias=False)
+            keras_conv.build(x.shape)
+            ours = AtrousConv2D.from_config(keras_conv.get_config())
+            ours.build(x.shape)
+            ours.set_weights(keras_conv.get_weights())
+            calls = {"keras": forward_backward(keras_conv, x), "ours": forward_backward(ours, x)}
+            ms = train_speed.median_ms(calls, args.repeats, args.warmup)
+            print(f"| {size}x{size} | {rate} | {ms['keras']:.1f} | {ms['ours']:.1f} | "
+                  f"{ms['keras'] / ms['ours']:.2f}x |", flush=True)
+    print()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # retracing notes: every variant is traced once
@@ -173,6 +225,8 @@ def main(argv=None) -> int:
         model_table(args)
     if not args.skip_aspp:
         aspp_table(args)
+    if not args.skip_train:
+        train_table(args)
     return 0
 
 

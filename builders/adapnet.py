@@ -52,7 +52,8 @@ class MultiscaleConv2D(keras.layers.Conv2D):
     in the authors' code, so the layer has the weights of the plain
     ``Conv2D(filters, k)`` it replaces (ImageNet ResNet weights load into it).
     Same padding and stride 1 only. On TensorFlow the dilated halves run through
-    ``tf.nn.conv2d(..., dilations=r)`` (see ``AtrousConv2D``).
+    ``layers.dilated_conv2d`` (the native dilated kernel, with a gradient that
+    exists on CPUs without oneDNN too; see ``AtrousConv2D``).
 
     Args:
         filters: output channels (even).
@@ -75,9 +76,7 @@ class MultiscaleConv2D(keras.layers.Conv2D):
 
     def _dilated(self, inputs, kernel, rate):
         if keras.backend.backend() == "tensorflow" and self.data_format == "channels_last":
-            import tensorflow as tf
-
-            return tf.nn.conv2d(inputs, kernel, strides=1, padding="SAME", dilations=rate)
+            return layers.dilated_conv2d(inputs, kernel, rate, "SAME")
         return ops.conv(
             inputs,
             kernel,

@@ -8,12 +8,15 @@ functions over the functional API that name their layers ``{block}_{op}``.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Sequence
 
 import keras
 from keras import ops
 
 PACKAGE = "semseg_suite"
+log = logging.getLogger("semseg_suite")
 
 # Batch-norm settings shared by heads and frontends. Momentum 0.9 (PyTorch's 0.1,
 # as in torchvision and mmsegmentation) rather than the 0.9997 decay of the DeepLab
@@ -22,6 +25,152 @@ PACKAGE = "semseg_suite"
 # predictions would not match training.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU kernels through oneDNN in this process.
+
+    TensorFlow 2.21 turns oneDNN on by default on x86 CPUs with AVX-512 and off
+    elsewhere; ``TF_ENABLE_ONEDNN_OPTS=0|1`` overrides it before TensorFlow starts.
+    The answer is TensorFlow's own (``IsMklEnabled``, what its kernels consult);
+    if that private function ever moves, only an explicit ``TF_ENABLE_ONEDNN_OPTS=1``
+    counts as on, so the portable gradient is taken whenever in doubt.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower() in ("1", "true")
+
+
+def atrous_gradient_path(device: str = "") -> str:
+    """Which gradient ``AtrousConv2D`` uses for a tensor placed on ``device``.
+
+    ``"native"``: TensorFlow's own gradient of ``tf.nn.conv2d(dilations=r)``, whose
+    ``Conv2DBackpropInput/Filter`` kernels accept rates above 1 on GPUs, TPUs and
+    on CPUs with oneDNN. ``"portable"``: on a CPU without oneDNN those two kernels
+    refuse any rate above 1 ("Current CPU implementations do not yet support
+    dilation rates larger than 1"), so the gradient is computed from ops that
+    exist there (``_dilated_conv2d_portable_gradient``). ``device`` is the tensor's
+    device string; an unplaced tensor (``""``) lands on a GPU when one is visible.
+    """
+    import tensorflow as tf
+
+    device_type = tf.DeviceSpec.from_string(device).device_type if device else None
+    if device_type is None:
+        device_type = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    if device_type == "CPU" and not onednn_enabled():
+        return "portable"
+    return "native"
+
+
+_logged_paths: set[str] = set()
+
+
+def _log_path_once(path: str) -> None:
+    if path in _logged_paths:
+        return
+    _logged_paths.add(path)
+    if path == "native":
+        log.info("AtrousConv2D: native dilated convolution and gradient (GPU/TPU or oneDNN CPU kernels)")
+    else:
+        log.info(
+            "AtrousConv2D: CPU without oneDNN, which has no dilated-convolution gradient kernel: "
+            "native forward, gradients through a dilated convolution and one matmul per kernel tap"
+        )
+
+
+def _same_padding(kernel_size: int, rate: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding at stride 1: ``(before, after)``, the odd pixel after."""
+    total = (kernel_size - 1) * rate
+    return total // 2, total - total // 2
+
+
+def _dilated_conv2d_portable_gradient(inputs, kernel, rates, padding):
+    """``tf.nn.conv2d(inputs, kernel, dilations=rates)`` at stride 1, with a gradient
+    built only from ops that every CPU kernel set has.
+
+    With ``y[p] = sum_i xpad[p + i r] w[i]`` (per axis; ``xpad`` is the padded input):
+
+    * the input gradient is a dilated convolution (a forward op, which exists) of
+      ``dy`` with the spatially flipped, in/out-transposed kernel, padded by
+      ``(k - 1) r - before`` above and ``(k - 1) r - after`` below;
+    * the kernel gradient ``dw[i] = sum_p xpad[p + i r] dy[p]`` is one matrix
+      product per tap: the window of ``xpad`` that tap ``i`` sees, flattened to
+      ``(pixels, C_in)``, times ``dy`` as ``(pixels, C_out)``. The space-to-batch
+      formulation of ``tf.nn.convolution`` (a dense ``Conv2DBackpropFilter`` on
+      ``r*r`` phases) gives the same numbers but is up to 20x slower on TensorFlow's
+      Eigen kernels when the map is small against the rate (ASPP's case).
+
+    Args:
+        rates: ``(rate_h, rate_w)``.
+        padding: ``"SAME"`` or ``"VALID"``.
+    """
+    import tensorflow as tf
+
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    rh, rw = rates
+    if padding == "SAME":
+        (top, bottom), (left, right) = _same_padding(kh, rh), _same_padding(kw, rw)
+    else:
+        top = bottom = left = right = 0
+
+    @tf.custom_gradient
+    def conv(x, w):
+        y = tf.nn.conv2d(x, w, strides=1, padding=padding, dilations=[rh, rw])
+
+        def grad(dy):
+            span_h, span_w = (kh - 1) * rh, (kw - 1) * rw
+            flipped = tf.transpose(tf.reverse(w, axis=[0, 1]), [0, 1, 3, 2])
+            dx = tf.nn.conv2d(
+                dy,
+                flipped,
+                strides=1,
+                padding=[[0, 0], [span_h - top, span_h - bottom], [span_w - left, span_w - right], [0, 0]],
+                dilations=[rh, rw],
+            )
+            x_padded = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+            dy_flat = tf.reshape(dy, [-1, w.shape[3]])
+            taps = [
+                tf.matmul(
+                    tf.reshape(x_padded[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :], [-1, w.shape[2]]),
+                    dy_flat,
+                    transpose_a=True,
+                )
+                for i in range(kh)
+                for j in range(kw)
+            ]
+            dw = tf.reshape(tf.stack(taps), tf.shape(w))
+            return dx, dw
+
+        return y, grad
+
+    # a tensor, not the variable: read outside, the kernel is an input of the op
+    return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
+
+
+def dilated_conv2d(inputs, kernel, rates, padding: str = "SAME"):
+    """``tf.nn.conv2d(inputs, kernel, dilations=rates)`` at stride 1 (NHWC), with a
+    gradient that exists on the device it runs on (``atrous_gradient_path``).
+
+    The one place the suite calls TensorFlow's native dilated convolution; layers
+    that dilate (``AtrousConv2D``, AdapNet's ``MultiscaleConv2D``) go through it.
+
+    Args:
+        rates: an int or ``(rate_h, rate_w)``.
+        padding: ``"SAME"`` or ``"VALID"``.
+    """
+    import tensorflow as tf
+
+    rates = (rates, rates) if isinstance(rates, int) else tuple(rates)
+    if max(rates) > 1:  # rate 1 has gradient kernels everywhere
+        path = atrous_gradient_path(inputs.device)
+        _log_path_once(path)
+        if path == "portable":
+            return _dilated_conv2d_portable_gradient(inputs, kernel, rates, padding)
+    return tf.nn.conv2d(inputs, kernel, strides=1, padding=padding, dilations=list(rates))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -34,6 +183,13 @@ class AtrousConv2D(keras.layers.Conv2D):
     ``tf.nn.conv2d(..., dilations=r)``. This layer calls the latter; weights, config
     and results are those of ``Conv2D``, and other backends use the parent's op, as
     do float16 inputs (TensorFlow's CPU kernels have no float16 dilated gradient).
+
+    The forward op exists on every device, its gradient kernels do not: a CPU
+    without oneDNN (TensorFlow's default on CPUs without AVX-512) has none for
+    rates above 1. There the layer keeps the native forward pass and computes the
+    gradient from a dilated convolution and one matrix product per kernel tap
+    (``atrous_gradient_path`` decides when the op is traced, and the suite's
+    logger says once which path runs).
     """
 
     def convolution_op(self, inputs, kernel):
@@ -46,15 +202,7 @@ class AtrousConv2D(keras.layers.Conv2D):
             # TensorFlow has no float16 gradient of the dilated kernel on CPU
             and inputs.dtype != "float16"
         ):
-            import tensorflow as tf
-
-            return tf.nn.conv2d(
-                inputs,
-                kernel,
-                strides=1,
-                padding=self.padding.upper(),
-                dilations=list(self.dilation_rate),
-            )
+            return dilated_conv2d(inputs, kernel, tuple(self.dilation_rate), self.padding.upper())
         return super().convolution_op(inputs, kernel)
 
 

@@ -1,0 +1,92 @@
+"""Dilated convolutions train on every CPU: with oneDNN and without it.
+
+TensorFlow 2.21 runs its CPU kernels through oneDNN by default only on CPUs with
+AVX-512; elsewhere (most laptops, AMD before Zen 4, ARM) its ``Conv2DBackpropInput``
+and ``Conv2DBackpropFilter`` kernels refuse dilation rates above 1, so
+``AtrousConv2D`` takes a gradient of its own there (``layers.atrous_gradient_path``).
+The setting is fixed when TensorFlow starts, so each test runs
+``tests/scripts/onednn.py`` in a subprocess with ``TF_ENABLE_ONEDNN_OPTS`` set:
+the failure is reproduced, and the fix checked, on any machine.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import semseg_suite
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "scripts" / "onednn.py"
+SETTINGS = [pytest.param("0", id="onednn-off"), pytest.param("1", id="onednn-on")]
+
+
+def run_script(onednn: str, *args: str, timeout: int = 900) -> dict:
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        TF_ENABLE_ONEDNN_OPTS=onednn,
+    )
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if onednn == "1" and not report["onednn"]:
+        pytest.skip("TF_ENABLE_ONEDNN_OPTS=1 does not turn oneDNN on with this TensorFlow build and CPU")
+    assert report["onednn"] is (onednn == "1")
+    assert report["path"] == ("native" if onednn == "1" else "portable")
+    return report
+
+
+@pytest.mark.parametrize("onednn", SETTINGS)
+def test_gradients_equal_keras_conv2d(onednn):
+    """Output and input, kernel and bias gradients of ``AtrousConv2D`` equal those of
+    Keras's ``Conv2D`` (its space-to-batch path), float32, rates 1-24 and an
+    anisotropic (2, 5), on an odd and an even map; without oneDNN, TensorFlow's own
+    gradient of the dilated op is shown to fail in the same process."""
+    report = run_script(onednn, "gradients")
+    assert report["native_gradient_runs"] is (onednn == "1")
+    cases = {(tuple(e["size"]), json.dumps(e["rate"])) for e in report["errors"]}
+    assert cases == {(size, json.dumps(rate)) for size in [(23, 19), (16, 30)] for rate in [*range(1, 25), [2, 5]]}
+    worst = {
+        (tuple(e["size"]), json.dumps(e["rate"]), name): value
+        for e in report["errors"]
+        for name, value in e.items()
+        if name not in ("size", "rate")
+    }
+    assert max(worst.values()) < 1e-4, {k: v for k, v in worst.items() if v >= 1e-4}
+
+
+def check_step(result: dict) -> None:
+    assert np.isfinite(result["loss"]) and result["loss"] > 0, result
+    assert result["weights_finite"], result
+    assert result["weights_changed"] > 0, result
+
+
+@pytest.mark.parametrize("onednn", SETTINGS)
+def test_dilated_models_take_a_traced_training_step(onednn):
+    """``Trainer.train_step`` (the ``tf.function`` training runs) of DeepLabV3 on
+    MobileNetV2 (the command that failed), ENet and PSPNet; every weight moves."""
+    report = run_script(onednn, "steps", "--graph", "DeepLabV3:MobileNetV2", "ENet", "PSPNet:ResNet50")
+    assert [r["model"] for r in report["steps"]] == ["DeepLabV3", "ENet", "PSPNet"]
+    for result in report["steps"]:
+        check_step(result)
+        assert result["atrous_layers"] > 0, result
+        assert result["weights_changed"] == result["weights"], result
+
+
+def test_every_model_takes_a_training_step_without_onednn():
+    """Every registered model on its default frontend, auxiliary heads included,
+    one step each in one process with oneDNN off (eager: the same kernels)."""
+    models = semseg_suite.list_models()
+    report = run_script("0", "steps", *models)
+    assert [r["model"] for r in report["steps"]] == models
+    for result in report["steps"]:
+        assert result["frontend"] == semseg_suite.default_frontend(result["model"])
+        check_step(result)
