@@ -4,7 +4,9 @@
 suite dilates a dense convolution. These tests hold it to being a drop-in
 replacement: the same outputs (float32 and bfloat16, rates 1 to 36, odd and even
 sizes), the same config and weight layout (a ``Conv2D``'s weights load into it),
-and a ``.keras`` round trip. Its speed is measured by ``benchmarks/atrous.py``.
+a ``.keras`` round trip, and a gradient that needs no dilated backprop kernel where
+TensorFlow lacks one (CPUs without oneDNN; tests/test_onednn.py runs both CPU paths
+in subprocesses). Its speed is measured by ``benchmarks/atrous.py``.
 """
 
 import keras
@@ -13,7 +15,11 @@ import pytest
 import tensorflow as tf
 
 import semseg_suite
+from semseg_suite import layers
 from semseg_suite.layers import AtrousConv2D
+
+# .ci/run repeats these with oneDNN off, where the portable gradient is taken.
+pytestmark = pytest.mark.kernels
 
 # One odd and one even map, both smaller than the largest rate, so that rates
 # past the map's size (only the centre tap sees data) are covered too.
@@ -210,3 +216,48 @@ def test_float16_gradients_work_on_cpu():
     assert y.dtype == tf.float16
     assert all(np.isfinite(np.asarray(g, np.float32)).all() and np.abs(np.asarray(g, np.float32)).sum() > 0
                for g in gradients)
+
+
+def test_gradient_path_follows_the_device_and_onednn():
+    """GPUs and TPUs have dilated gradient kernels; a CPU has them only with oneDNN."""
+    cpu = "portable" if not layers.onednn_enabled() else "native"
+    assert layers.atrous_gradient_path("/job:localhost/replica:0/task:0/device:CPU:0") == cpu
+    assert layers.atrous_gradient_path("/device:GPU:0") == "native"
+    assert layers.atrous_gradient_path("/job:worker/replica:0/task:1/device:TPU:0") == "native"
+    assert layers.atrous_gradient_path("") == ("native" if tf.config.list_logical_devices("GPU") else cpu)
+
+
+def test_portable_gradient_uses_no_dilated_backprop_kernel(monkeypatch, caplog):
+    """The portable path, forced in this process whatever the CPU: a traced training
+    step has the native forward op and no ``Conv2DBackprop*`` op at a rate above 1
+    (those are what oneDNN-less CPUs lack), its gradients equal ``Conv2D``'s, and the
+    suite's logger names the path once for several layers."""
+    monkeypatch.setattr(layers, "atrous_gradient_path", lambda device="": "portable")
+    monkeypatch.setattr(layers, "_logged_paths", set())
+    rng = np.random.default_rng(9)
+    x = tf.constant(rng.normal(size=(2, 21, 18, 4)), tf.float32)
+    reference, fast = conv_pair(conv_config((6, 3), kernel_size=(3, 2)), x.shape, rng)
+    second = AtrousConv2D(3, 3, padding="same", dilation_rate=4)
+
+    def gradients(layer):
+        @tf.function
+        def step(inputs):
+            if layer is fast:
+                second(inputs)  # a second dilated layer traced: no second log line
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = tf.reduce_sum(layer(inputs) ** 2)
+            return tape.gradient(loss, [inputs, layer.kernel, layer.bias])
+
+        return step, [np.asarray(g) for g in step(x)]
+
+    with caplog.at_level("INFO", logger="semseg_suite"):
+        step, ours = gradients(fast)
+    _, expected = gradients(reference)
+    for got, want in zip(ours, expected):
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    ops = step.get_concrete_function(x).graph.get_operations()
+    dilated_backprop = [op.name for op in ops if op.type.startswith("Conv2DBackprop") and max(op.get_attr("dilations")) > 1]
+    assert dilated_backprop == []
+    assert any(op.type == "Conv2D" and max(op.get_attr("dilations")) > 1 for op in ops)
+    assert sum("AtrousConv2D: CPU without oneDNN" in r.getMessage() for r in caplog.records) == 1
