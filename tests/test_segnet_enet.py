@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from builders.enet import ChannelZeroPadding
 from semseg_suite import build_model, layers
-from tiny_task import fit_squares
+from tiny_task import assert_learned, fit_squares
 
 
 @pytest.fixture(autouse=True)
@@ -199,9 +199,10 @@ def test_channel_zero_padding():
     assert ChannelZeroPadding.from_config(layer.get_config()).channels == 5
 
 
+@pytest.mark.kernels  # dilated bottlenecks: the test that failed without oneDNN
 def test_enet_learns_a_tiny_task():
     keras.utils.set_random_seed(0)
     model = build_model("ENet", num_classes=2)
     scores = fit_squares(model, steps=100, learning_rate=5e-3)
-    assert scores["pixel_accuracy"] > 0.95, scores
+    assert_learned(scores)
     assert scores["iou"][1] > 0.7, scores

@@ -2,8 +2,8 @@
 
 import semseg_suite
 
-# Deep frontends are built once per model by the registry-wide shape test; tests of
-# a model's own layers (round trips, auxiliary heads) build it on a lighter one.
+# Deep frontends are built once per model by the registry-wide shape and round-trip
+# test; tests of a model's own layers (auxiliary heads) build it on a lighter one.
 BIG_FRONTENDS = {"ResNet101", "ResNet152", "DenseNet161", "DenseNet169", "DenseNet201"}
 
 
