@@ -66,7 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     optimisation.add_argument("--num-epochs", "--num_epochs", type=int, help=default("num_epochs"))
     optimisation.add_argument("--batch-size", "--batch_size", type=int,
-                              help="GLOBAL batch size, split over replicas " + default("batch_size"))
+                              help="GLOBAL batch size, split over replicas " + default("batch_size") + "; models "
+                                   "with batch norm on a 1x1 map (ASPP image pooling, PSPNet bin 1, BiSeNet "
+                                   "attention) refuse 1 image per replica, where that BN outputs a constant "
+                                   "(--accum-steps does not help; --sync-bn over several replicas does)")
     optimisation.add_argument("--accum-steps", type=int, default=1,
                               help="average the gradients of this many batches per update, for large crops on "
                                    "small devices: the effective batch is accum-steps x batch-size (default: 1)")
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
         training.train(config_from_args(args))
     except (data.DatasetError, export.CheckpointError, FileNotFoundError, FrontendWeightsError,
             distribute.DistributeError, distribute.XLACompileError, class_weights.ClassWeightsError,
-            losses.LossError, ModuleNotFoundError) as error:
+            losses.LossError, training.BatchSizeError, ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except training.NonFiniteLossError as error:

@@ -17,13 +17,14 @@ def atrous_layer(x, *, bottleneck_filters: int, filters: int, rate: int, dropout
     """One DenseASPP layer: [BN, ReLU,] 1x1 conv, BN, ReLU, 3x3 atrous conv, dropout.
 
     Args:
-        x: the concatenation of the frontend features and all earlier layers' outputs.
+        x: the concatenation of the head's input (the transition's output) and all
+            earlier layers' outputs.
         bottleneck_filters: channels of the 1x1 convolution (512).
         filters: channels of the atrous 3x3 convolution (128).
         rate: its dilation rate.
         dropout: channel-wise dropout rate on its output (0.1).
         normalize: start with BN and ReLU (every layer but the first, whose input,
-            the frontend's last features, is already batch-normalised and rectified).
+            the transition's output, is already batch-normalised and rectified).
         name: block name, e.g. ``denseaspp2``.
     """
     if normalize:
@@ -45,7 +46,7 @@ def build_denseaspp(
     filters: int = 128,
     dropout: float = 0.1,
     final_dropout: float = 0.1,
-    transition: bool = False,
+    transition: bool = True,
 ) -> keras.Model:
     """DenseASPP: densely connected atrous convolutions on a dilated DenseNet.
 
@@ -53,48 +54,57 @@ def build_denseaspp(
     (DeepMotionAIResearch/DenseASPP, ``models/DenseASPP.py`` with
     ``cfgs/DenseASPP161.py``): a DenseNet-161 frontend at output stride 8 (its
     last two transition poolings removed, dense blocks 3 and 4 dilated by 2 and 4;
-    see ``frontends.densenet``), whose final BN-ReLU features (2208 channels) feed
-    five atrous layers at rates 3, 6, 12, 18 and 24. Layer ``l`` takes the
-    concatenation of the frontend features and the outputs of layers 1 .. l-1
+    see ``frontends.densenet``). Its final BN-ReLU features (2208 channels) go
+    through a transition without pooling, as in every DenseNet configuration of
+    the official code (``transition4`` with ``stride=1``, then ``norm5``): a 1x1
+    convolution to half the channels (1104), BN, ReLU
+    (``denseaspp_transition_*``). These ``c0 = 1104`` channels feed five atrous
+    layers at rates 3, 6, 12, 18 and 24. Layer ``l`` takes the concatenation of
+    the transition's output and the outputs of layers 1 .. l-1
     (``denseaspp{l}_input``), and applies BN, ReLU, a 1x1 convolution to 512
     channels, BN, ReLU, a 3x3 convolution at its rate to 128 channels, and dropout
     0.1. Layer 1 has no BN-ReLU of its own: its input already went through the
-    frontend's final BN and ReLU (``norm5`` and the ReLU that starts the official
-    code's first layer). The five outputs are concatenated with the frontend
-    features (2208 + 5 x 128 = 2848 channels), then dropout 0.1, a 1x1 convolution
-    to the classes and bilinear upsampling to the input (8x at output stride 8).
-    Widths 512/128 are the DenseNet-161 configuration (``cfgs/DenseASPP161.py``),
-    not the 256/64 of a popular TF1 port. The official DenseNet-121 configuration
-    (``cfgs/DenseASPP121.py``) uses 128/64: ``bottleneck_filters=128, filters=64``.
+    transition's BN and ReLU (the official ``norm5`` and the ReLU that starts its
+    first layer). The five outputs are concatenated with the transition's output
+    (1104 + 5 x 128 = 1744 channels), then dropout 0.1, a 1x1 convolution to the
+    classes and bilinear upsampling to the input (8x at output stride 8). Widths
+    512/128 are the DenseNet-161 configuration (``cfgs/DenseASPP161.py``), not the
+    256/64 of a popular TF1 port; they are about ``c0 / 2`` and ``c0 / 8`` of the
+    1104 channels the transition leaves, which the paper's widths assume (of
+    2208 channels they would be about a quarter and a seventeenth). The official
+    DenseNet-121 configuration (``cfgs/DenseASPP121.py``, 1024 channels halved
+    to 512) uses 128/64: ``bottleneck_filters=128, filters=64``.
 
-    Other frontends work on their ``stride32`` endpoint, which layer 1 takes as
-    it is (post-ReLU on the ResNets and Xception; MobileNetV2's is its linear
-    bottleneck). At output stride 16 or 32 those features are first resized
-    bilinearly to the ``stride8`` endpoint's size, so the rates keep the meaning
-    they have at stride 8 (the official code upsamples 2x at output stride 16 the
-    same way).
+    Other frontends work on their ``stride32`` endpoint, which the transition
+    halves the same way (2048 to 1024 on ResNet-50; 320 to 160 on MobileNetV2).
+    The official MobileNetV2 variant (``models/MobileNetDenseASPP.py``, 128/64)
+    has no transition and feeds its 320 linear-bottleneck channels straight to
+    layer 1: ``transition=False`` builds that (layer 1 then takes the endpoint as
+    it is, without the ReLU the official layer 1 starts with). At output stride
+    16 or 32 the transition's output is resized bilinearly to the ``stride8``
+    endpoint's size, so the rates keep the meaning they have at stride 8 (the
+    official code upsamples 2x after ``norm5`` at output stride 16 the same way).
 
     Parameters: we found no count in the paper, so none is registered. With
-    DenseNet-161 and 19 classes (Cityscapes) ours has 36.05M (35.81M trainable;
-    the frontend 26.69M, of which 26.47M trainable, torchvision's count). As a
-    check of the widths: with ``transition=True`` it holds 35,631,523 values (BN
-    statistics included); with the official code's 2,560 1x1-conv biases that is
-    142.5 MB of float32, and the official DenseNet-161 checkpoint is 142.7 MB
-    (its README).
+    DenseNet-161 and 19 classes (Cityscapes) ours holds 35,631,523 values (BN
+    statistics included; 35,392,867 trainable; the frontend 26.69M, of which 26.47M
+    trainable, torchvision's count). As a check of the widths: with the official
+    code's 2,560 1x1-conv biases that is 142.5 MB of float32, and the official
+    DenseNet-161 checkpoint is 142.7 MB (its README). Without the transition it
+    would hold 36,054,355.
 
     Differences from the paper and its official code:
-      * The official code inserts an extra transition (BN, ReLU, 1x1 conv to half
-        the channels, no pooling) after dense block 4, so its atrous layers start
-        from 1104 channels instead of 2208. We find no mention of it in the
-        paper, and it replaces the pretrained ``norm5`` by new layers, so it is
-        off by default; ``transition=True`` adds it
-        (1x1 conv to half the channels, BN, ReLU after the frontend's BN-ReLU).
+      * The transition's BN-ReLU ahead of its 1x1 convolution is the frontend's
+        final ``bn``/``relu`` (DenseNet's pretrained 2208-channel ``norm5``),
+        where the official code has a separate ``transition4.norm`` and reuses
+        the name ``norm5`` for the 1104-channel BN after the convolution: the
+        same sequence of layers (BN, ReLU, 1x1 conv, BN, ReLU).
       * Dropout is channel-wise (``SpatialDropout2D``), as the official code's
         ``Dropout2d``, rather than element-wise.
       * The 1x1 convolutions have no bias (BN follows); the atrous ones keep it, as
         in the official code. BN momentum 0.9 (``semseg_suite.layers``) instead of
         the official ASPP's 0.0003 (PyTorch's convention: decay 0.9997).
-      * Concatenation order: frontend features first, then layers 1 .. 5 (the
+      * Concatenation order: the transition's output first, then layers 1 .. 5 (the
         official code prepends each new output); only a weight-conversion detail.
       * Upsampling resizes to the input's size (``layers.classifier``), not by a
         fixed 8x, so odd input sizes work.
@@ -109,7 +119,9 @@ def build_denseaspp(
         filters: channels each layer adds, its atrous convolution's width (128).
         dropout: dropout rate after each atrous layer (0.1).
         final_dropout: dropout rate before the classifier (0.1).
-        transition: add the official code's extra transition (see above).
+        transition: the official code's transition before the atrous layers
+            (1x1 convolution to half the channels, BN, ReLU; on by default);
+            ``False`` feeds the frontend's features to layer 1 directly.
     """
     features = frontend_features(frontend)
     x = features["stride32"]

@@ -9,6 +9,10 @@ from builders.base import PaperParams, frontend_features, register
 from semseg_suite import layers
 from semseg_suite.layers import CropLike
 
+# The stem's max-pool, the input of encoder block 1, in the ResNet naming of
+# keras.applications and frontends.resnet_basic; decoder 1's output is added to it.
+ENCODER1_INPUT = "pool1_pool"
+
 
 def decoder_block(x, filters: int, *, stride: int, name: str):
     """LinkNet decoder block (Sec. III): ``m`` channels in, ``filters`` (``n``) out.
@@ -61,20 +65,25 @@ def build_linknet(
     ``stride16``, ``stride8`` and ``stride4`` features, the inputs of encoder
     blocks 4, 3 and 2. Decoder 1 (64 to 64) keeps the stride-4 resolution:
     ResNet-18's first stage does not downsample, and the authors' code gives it
-    stride 1. The head: 3x3 transposed conv stride 2 to 32 channels, BN, ReLU;
-    3x3 conv 32, BN, ReLU; 2x2 transposed conv stride 2 to the classes, float32
-    logits.
+    stride 1. Its output is added to the input of encoder block 1, the stem's
+    max-pool output (``pool1_pool``, 64 channels at stride 4), as in the paper's
+    Fig. 1 and the authors' ``models/model.lua`` (``bypass2dec`` at layer 1). The
+    head: 3x3 transposed conv stride 2 to 32 channels, BN, ReLU; 3x3 conv 32, BN,
+    ReLU; 2x2 transposed conv stride 2 to the classes, float32 logits.
 
     On another frontend the decoder widths follow its endpoints: decoder ``i``
     maps the channels it receives (``m``) to those of the encoder features it is
-    added to (``n``); decoder 1 keeps its width.
+    added to (``n``). Decoder 1 gets the bypass wherever the frontend has a
+    layer named ``pool1_pool`` (ResNet18/34 and the ``keras.applications``
+    ResNets), and then maps to its channels (e.g. 256 to 64 on ResNet-50);
+    frontends without it (MobileNetV2, Xception, VGG16, DenseNet) have no
+    encoder-block-1 input as a tensor of their own, so there decoder 1 keeps its
+    width and has no bypass.
 
     Differences from the paper and the authors' code:
-      * The authors' code adds the max-pool output (encoder block 1's input) to
-        decoder 1's output; that tensor is not a frontend endpoint, so decoder 1
-        has no skip here.
       * Their code applies a ReLU after each addition; it is the identity on
-        ResNet endpoints (both terms are ReLU outputs) and is left out.
+        ResNet endpoints (both terms are ReLU or max-pool-of-ReLU outputs) and
+        is left out.
       * Same padding: each upsampled map is cropped at the bottom/right to the
         features it is added to (``CropLike``) and the logits to the input, so
         any input size works. The decoder's 1x1 and 3x3 convs have no bias (BN
@@ -102,7 +111,13 @@ def build_linknet(
             x = CropLike(name=f"decoder{index}_crop")([x, skip])
         x = keras.layers.Add(name=f"decoder{index}_add")([x, skip])
         stride = skip_stride
-    x = decoder_block(x, x.shape[-1], stride=1, name="decoder1")
+    try:
+        bypass = frontend.get_layer(ENCODER1_INPUT).output
+    except ValueError:  # not a ResNet: no max-pool ahead of the first stage
+        bypass = None
+    x = decoder_block(x, x.shape[-1] if bypass is None else bypass.shape[-1], stride=1, name="decoder1")
+    if bypass is not None:
+        x = keras.layers.Add(name="decoder1_add")([x, bypass])
 
     x = keras.layers.Conv2DTranspose(
         32, 3, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",

@@ -46,6 +46,62 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
 
 
+class BatchSizeError(ValueError):
+    """The batch per replica is too small for the model's batch norm."""
+
+
+def single_value_batch_norms(model: keras.Model) -> list[str]:
+    """Names of the trainable ``BatchNormalization`` layers of ``model`` that see
+    one value per channel and image.
+
+    Such a layer's input has static size 1 in every dimension it normalises over
+    except the batch: a 1x1 map (ASPP's image pooling, PSPNet's bin 1, BiSeNet's
+    attention, any BN after a global pooling) or a flat ``(batch, channels)``
+    tensor. In training it normalises each channel over the batch alone; with
+    one image that is a single value, its mean is the value itself and its
+    variance 0, so the layer outputs its offset beta whatever its input, and
+    passes no gradient back. Frozen layers (``trainable=False``) use their moving
+    statistics and are not listed.
+    """
+    names = []
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, keras.layers.BatchNormalization) or not layer.trainable:
+            continue
+        for node in layer._inbound_nodes:
+            shape = node.input_tensors[0].shape
+            axis = layer.axis % len(shape)
+            if all(size == 1 for index, size in enumerate(shape) if index not in (0, axis)):
+                names.append(layer.name)
+                break
+    return names
+
+
+def check_batch_norm_batch(model: keras.Model, batch_size: int, replicas: int = 1, *, sync_bn: bool = False) -> None:
+    """Refuses to train ``model`` when a batch-norm layer of it would normalise a
+    single value per channel (``single_value_batch_norms``).
+
+    Each replica normalises its own part of the global ``batch_size`` (all of it
+    with ``sync_bn``). Gradient accumulation does not change this: each batch is
+    normalised on its own.
+
+    Raises:
+        BatchSizeError: naming the model and the layers.
+    """
+    normalised = batch_size if sync_bn else batch_size // max(replicas, 1)
+    if normalised > 1:
+        return
+    names = single_value_batch_norms(model)
+    if not names:
+        return
+    fixes = f"--batch-size {2 * replicas} or more" + (" or --sync-bn" if replicas > 1 and not sync_bn else "")
+    raise BatchSizeError(
+        f"--batch-size {batch_size} is {normalised} image per replica ({replicas} replica"
+        f"{'s' if replicas > 1 else ''}), but {model.name} has batch norm on 1x1 maps ({', '.join(names)}): "
+        f"on one image it normalises a single value per channel and outputs a constant; use {fixes} "
+        "(--accum-steps does not help: each batch is normalised on its own)"
+    )
+
+
 def _synchronized_batch_norm(model) -> bool:
     return any(getattr(layer, "synchronized", False) for layer in model._flatten_layers())
 
@@ -501,6 +557,7 @@ def train(config: TrainConfig) -> dict:
     loss = _make_loss(config, info)
     with strategy.scope():
         model, start_epoch = _build_or_resume(config, info, steps, paths)
+    check_batch_norm_batch(model, config.batch_size, strategy.num_replicas_in_sync, sync_bn=config.sync_bn)
     trainer = Trainer(
         model, strategy, info.num_classes, loss=loss, jit_compile=jit_compile,
         loss_weights=semseg_suite.models.loss_weights(config.model),

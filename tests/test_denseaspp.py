@@ -7,7 +7,7 @@ import pytest
 from builders.denseaspp import RATES
 from semseg_suite import build_model
 from semseg_suite.layers import AtrousConv2D
-from tiny_task import fit_squares
+from tiny_task import assert_learned, fit_squares
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,16 @@ def _parents(model, layer_name):
     return [parent.operation.name for parent in node.parent_nodes]
 
 
-def _head_params(features, classes, bottleneck=512, filters=128, rates=RATES):
-    """Trainable parameters of the DenseASPP head, counted from the paper's layers."""
+def _head_params(features, classes, bottleneck=512, filters=128, rates=RATES, transition=True):
+    """Trainable parameters of the DenseASPP head, counted from the paper's layers.
+
+    ``features``: the channels of the frontend's features; with ``transition``, a
+    1x1 convolution (no bias) and BN halve them first.
+    """
     total = 0
+    if transition:
+        total += features * (features // 2) + 2 * (features // 2)
+        features //= 2
     for index in range(len(rates)):
         channels = features + index * filters
         if index > 0:
@@ -66,10 +73,23 @@ def _check_dense_head(model, features_layer, features, bottleneck=512, filters=1
     assert model.get_layer("logits_conv").kernel.shape[2] == features + 5 * filters
 
 
+def _check_transition(model, frontend_layer, channels):
+    """The official code's transition: 1x1 conv to half the channels, BN, ReLU, no pool."""
+    conv = model.get_layer("denseaspp_transition_conv")
+    assert conv.kernel_size == (1, 1) and conv.strides == (1, 1) and conv.filters == channels // 2
+    assert conv.kernel.shape[2] == channels and not conv.use_bias
+    assert _parents(model, "denseaspp_transition_conv") == [frontend_layer]
+    assert _parents(model, "denseaspp_transition_bn") == ["denseaspp_transition_conv"]
+    assert _parents(model, "denseaspp_transition_relu") == ["denseaspp_transition_bn"]
+
+
 def test_paper_configuration_on_densenet161():
     model = build_model("DenseASPP", num_classes=19)
     assert model.name == "DenseASPP_DenseNet161"
-    _check_dense_head(model, "relu", 2208)
+    # 2208 channels halved to c0 = 1104 before the atrous layers, whose widths
+    # 512 and 128 (cfgs/DenseASPP161.py) are about c0/2 and c0/8.
+    _check_transition(model, "relu", 2208)
+    _check_dense_head(model, "denseaspp_transition_relu", 1104)
     # DenseNet-161 at output stride 8: the last two transition pools are gone and
     # dense blocks 3 and 4 are dilated by 2 and 4.
     assert isinstance(model.get_layer("pool3_pool"), keras.layers.Identity)
@@ -86,7 +106,8 @@ def test_paper_configuration_on_densenet161():
 
 def test_on_resnet50_at_output_stride_8():
     model = build_model("DenseASPP", "ResNet50", num_classes=4, output_stride=8)
-    _check_dense_head(model, "conv5_block3_out", 2048)
+    _check_transition(model, "conv5_block3_out", 2048)
+    _check_dense_head(model, "denseaspp_transition_relu", 1024)
     assert not any(layer.name == "denseaspp_resize" for layer in model.layers)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     resnet50 = 23_534_592  # keras.applications ResNet50 without top, trainable
@@ -100,22 +121,26 @@ def test_other_output_strides_run_the_head_at_stride_8():
         "DenseASPP", "MobileNetV2", num_classes=3, output_stride=16,
         bottleneck_filters=128, filters=64,
     )
-    _check_dense_head(model, "denseaspp_resize", 320, bottleneck=128, filters=64)
-    assert _parents(model, "denseaspp_resize") == ["block_16_project_BN", "block_6_expand_relu"]
+    _check_transition(model, "block_16_project_BN", 320)
+    _check_dense_head(model, "denseaspp_resize", 160, bottleneck=128, filters=64)
+    assert _parents(model, "denseaspp_resize") == ["denseaspp_transition_relu", "block_6_expand_relu"]
     x = np.zeros((1, 45, 67, 3), "float32")
     probe = keras.Model(model.input, model.get_layer("denseaspp_concat").output)
-    assert tuple(probe(x).shape) == (1, 6, 9, 320 + 5 * 64)  # ceil(45 / 8), ceil(67 / 8)
+    assert tuple(probe(x).shape) == (1, 6, 9, 160 + 5 * 64)  # ceil(45 / 8), ceil(67 / 8)
     assert tuple(model(x).shape) == (1, 45, 67, 3)
 
 
-def test_official_code_transition():
+def test_without_the_transition_layer_1_takes_the_frontend_features():
+    # The official MobileNetV2 variant (models/MobileNetDenseASPP.py) has no transition.
     model = build_model(
-        "DenseASPP", "MobileNetV2", num_classes=3, output_stride=8, transition=True,
+        "DenseASPP", "MobileNetV2", num_classes=3, output_stride=8, transition=False,
         bottleneck_filters=64, filters=32,
     )
-    assert model.get_layer("denseaspp_transition_conv").filters == 160
-    assert _parents(model, "denseaspp_transition_conv") == ["block_16_project_BN"]
-    _check_dense_head(model, "denseaspp_transition_relu", 160, bottleneck=64, filters=32)
+    assert not any(layer.name.startswith("denseaspp_transition") for layer in model.layers)
+    _check_dense_head(model, "block_16_project_BN", 320, bottleneck=64, filters=32)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    mobilenet_v2 = 2_223_872 - 320 * 1280 - 2 * 1280  # up to block_16_project_BN (no Conv_1), trainable
+    assert trainable == mobilenet_v2 + _head_params(320, 3, 64, 32, transition=False)
     assert tuple(model(np.zeros((1, 32, 33, 3), "float32")).shape) == (1, 32, 33, 3)
 
 
@@ -127,4 +152,4 @@ def test_learns_the_tiny_task():
         bottleneck_filters=64, filters=32,
     )
     scores = fit_squares(model, steps=150)
-    assert scores["pixel_accuracy"] > 0.95, scores
+    assert_learned(scores)

@@ -7,7 +7,7 @@ import pytest
 from builders.fcn import BilinearUpsampling, bilinear_kernel
 from semseg_suite.layers import CropLike
 from semseg_suite import build_model
-from tiny_task import fit_squares
+from tiny_task import assert_learned, fit_squares
 
 
 @pytest.fixture(autouse=True)
@@ -149,15 +149,33 @@ def test_linknet_decoder_follows_the_paper():
         encoder = f"conv{index}_block2_out"  # ResNet-18's stage feeding encoder block i
         assert _parent(model, f"decoder{index}_add", 1) == encoder
     assert _parent(model, "decoder1_conv1_conv") == "decoder2_add"
+    # Decoder 1's output is added to encoder block 1's input, the stem's max-pool
+    # (the paper's Fig. 1, the authors' model.lua), and feeds the head.
+    assert _parent(model, "decoder1_add", 0) == "decoder1_conv2_relu"
+    assert _parent(model, "decoder1_add", 1) == "pool1_pool"
+    assert _parent(model, "head_fullconv1") == "decoder1_add"
     adds = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
     assert [name for name in adds if name.startswith("decoder")] == [
-        "decoder4_add", "decoder3_add", "decoder2_add",
+        "decoder4_add", "decoder3_add", "decoder2_add", "decoder1_add",
     ]
+    # Odd sizes: pool1 is ceil(H / 4) x ceil(W / 4), as decoder 1's output.
+    x = np.random.default_rng(0).normal(size=(1, 45, 67, 3)).astype("float32")
+    probe = keras.Model(model.input, model.get_layer("decoder1_add").output)
+    assert tuple(probe(x).shape) == (1, 12, 17, 64)
+    assert tuple(model(x).shape) == (1, 45, 67, 11)
     head1, head2 = model.get_layer("head_fullconv1"), model.get_layer("head_fullconv2")
     assert (head1.filters, head1.kernel_size, head1.strides) == (32, (3, 3), (2, 2))
     assert model.get_layer("head_conv_conv").kernel_size == (3, 3)
     assert (head2.filters, head2.kernel_size, head2.strides) == (11, (2, 2), (2, 2))
     assert abs(model.count_params() - 11.5e6) / 11.5e6 < 0.01
+
+
+def test_linknet_decoder1_bypass_on_resnet50_maps_to_the_pool1_width():
+    model = build_model("LinkNet", "ResNet50", num_classes=3)
+    # conv2_block3_out (256 channels) in, pool1_pool (64) out and added.
+    assert _conv_widths(model, "decoder1") == (64, 64, 64)
+    assert _parent(model, "decoder1_add", 1) == "pool1_pool"
+    assert tuple(model(np.zeros((1, 45, 67, 3), "float32")).shape) == (1, 45, 67, 3)
 
 
 def test_linknet_on_mobilenet_follows_its_widths():
@@ -166,6 +184,9 @@ def test_linknet_on_mobilenet_follows_its_widths():
     assert [_conv_widths(model, f"decoder{i}") for i in (4, 3, 2, 1)] == [
         (80, 80, 576), (144, 144, 192), (48, 48, 144), (36, 36, 144),
     ]
+    # No stem max-pool in MobileNetV2: decoder 1 has no bypass.
+    assert not any(layer.name == "decoder1_add" for layer in model.layers)
+    assert _parent(model, "head_fullconv1") == "decoder1_conv2_relu"
     assert model.get_layer("decoder4_fullconv").strides == (1, 1)  # same resolution at OS 16
     logits = model(np.random.default_rng(0).normal(size=(2, 45, 67, 3)).astype("float32"))
     assert tuple(logits.shape) == (2, 45, 67, 4) and logits.dtype == "float32"
@@ -176,4 +197,4 @@ def test_linknet_on_mobilenet_follows_its_widths():
 @pytest.mark.parametrize("model_name,frontend", [("LinkNet", None), ("FCN-8s", "ResNet18")])
 def test_learns_the_tiny_task(model_name, frontend):
     model = build_model(model_name, frontend, num_classes=2)
-    assert fit_squares(model, steps=150)["pixel_accuracy"] > 0.95
+    assert_learned(fit_squares(model, steps=150))
