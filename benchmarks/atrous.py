@@ -114,26 +114,33 @@ def plain_conv2d_clone(model: keras.Model) -> keras.Model:
     return clone
 
 
-def conv_table(args) -> None:
-    print(f"3x3 convolution 2048 -> 256, float32, batch {args.batch}: ms per call "
-          f"(median of {args.repeats}, after {args.warmup} warm-up)")
-    print()
+def rows_keras_vs_ours(sizes, rates, args, timed, seed) -> None:
+    """One Markdown row per map size and rate: ``timed(layer, x)`` of Keras's
+    ``Conv2D`` (3x3, 2048 -> 256, no bias) against an ``AtrousConv2D`` with its
+    config and weights."""
     print("| map | rate | Keras Conv2D ms | AtrousConv2D ms | speedup |")
     print("|---|---:|---:|---:|---:|")
-    rng = np.random.default_rng(0)
-    for size in args.sizes:
+    rng = np.random.default_rng(seed)
+    for size in sizes:
         x = tf.constant(rng.normal(size=(args.batch, size, size, 2048)), tf.float32)
-        for rate in args.rates:
+        for rate in rates:
             keras_conv = keras.layers.Conv2D(256, 3, padding="same", dilation_rate=rate, use_bias=False)
             keras_conv.build(x.shape)
             ours = AtrousConv2D.from_config(keras_conv.get_config())
             ours.build(x.shape)
             ours.set_weights(keras_conv.get_weights())
-            calls = {"keras": inference(keras_conv, x), "ours": inference(ours, x)}
+            calls = {"keras": timed(keras_conv, x), "ours": timed(ours, x)}
             ms = train_speed.median_ms(calls, args.repeats, args.warmup)
             print(f"| {size}x{size} | {rate} | {ms['keras']:.1f} | {ms['ours']:.1f} | "
                   f"{ms['keras'] / ms['ours']:.2f}x |", flush=True)
     print()
+
+
+def conv_table(args) -> None:
+    print(f"3x3 convolution 2048 -> 256, float32, batch {args.batch}: ms per call "
+          f"(median of {args.repeats}, after {args.warmup} warm-up)")
+    print()
+    rows_keras_vs_ours(args.sizes, args.rates, args, inference, seed=0)
 
 
 def model_table(args) -> None:
@@ -197,22 +204,7 @@ def train_table(args) -> None:
           f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}), AtrousConv2D gradient path "
           f"{layers.atrous_gradient_path()!r}: ms per call (median of {args.repeats}, after {args.warmup} warm-up)")
     print()
-    print("| map | rate | Keras Conv2D ms | AtrousConv2D ms | speedup |")
-    print("|---|---:|---:|---:|---:|")
-    rng = np.random.default_rng(3)
-    for size in args.train_sizes:
-        x = tf.constant(rng.normal(size=(args.batch, size, size, 2048)), tf.float32)
-        for rate in args.train_rates:
-            keras_conv = keras.layers.Conv2D(256, 3, padding="same", dilation_rate=rate, use_bias=False)
-            keras_conv.build(x.shape)
-            ours = AtrousConv2D.from_config(keras_conv.get_config())
-            ours.build(x.shape)
-            ours.set_weights(keras_conv.get_weights())
-            calls = {"keras": forward_backward(keras_conv, x), "ours": forward_backward(ours, x)}
-            ms = train_speed.median_ms(calls, args.repeats, args.warmup)
-            print(f"| {size}x{size} | {rate} | {ms['keras']:.1f} | {ms['ours']:.1f} | "
-                  f"{ms['keras'] / ms['ours']:.2f}x |", flush=True)
-    print()
+    rows_keras_vs_ours(args.train_sizes, args.train_rates, args, forward_backward, seed=3)
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,8 @@ import logging
 
 import pytest
 
+from semseg_suite import synthetic
+
 
 @pytest.fixture(autouse=True)
 def restore_suite_logger():
@@ -14,3 +16,11 @@ def restore_suite_logger():
     state = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = state
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A synthetic colour-label dataset folder: 4 train, 2 val, 2 test images of 64 px."""
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    synthetic.generate_dataset(root, num_train=4, num_val=2, num_test=2, size=64)
+    return root

@@ -1,40 +1,21 @@
 """Batch norm on a 1x1 map: why a batch of one image per replica is refused, and
 that the refusal comes from the model graph, before training starts."""
 
-import importlib.util
-import pathlib
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from semseg_suite import synthetic, training
+from semseg_suite import training
+from test_training import load_script
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_train_script()
+train_script = load_script("train")
 
 
 @pytest.fixture(autouse=True)
 def _clear_session():
     yield
     keras.backend.clear_session()
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "shapes"
-    synthetic.generate_dataset(root, num_train=4, num_val=2, num_test=2, size=64)
-    return root
 
 
 def test_batch_norm_on_one_value_per_channel_outputs_beta():

@@ -44,13 +44,6 @@ def test_model_learns_a_tiny_task():
     assert scores["iou"][1] > 0.7, scores
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "shapes"
-    synthetic.generate_dataset(root, num_train=4, num_val=2, num_test=2, size=64)
-    return root
-
-
 def run_train(tiny_dataset, out_dir, *extra):
     argv = [
         "--model", "DeepLabV3_plus", "--frontend", "MobileNetV2", "--dataset", str(tiny_dataset),
