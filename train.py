@@ -3,7 +3,9 @@
     python train.py --model DeepLabV3_plus --frontend Xception
     python train.py --model DeepLabV3 --frontend ResNet101 --dataset path/to/data --crop-height 512
 
-Without ``--dataset`` it trains on a built-in synthetic dataset (generated once into
+``--dataset`` also takes Pascal VOC, Cityscapes and ADE20K folders and ``tfds:NAME``;
+``--images DIR --masks DIR --classes FILE`` a plain pair of folders. Without a
+dataset it trains on a built-in synthetic dataset (generated once into
 a cache folder), so it runs anywhere with no download.
 """
 
@@ -19,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
 from semseg_suite import class_weights, data, distribute, export, losses, optim, training  # noqa: E402
-from semseg_suite.cli import ignore_class, setup_logging, str2bool  # noqa: E402
+from semseg_suite.cli import add_dataset_arguments, dataset_options, ignore_class, setup_logging, str2bool  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="auto: ImageNet when cached or downloadable, else random init with a warning")
 
     dataset = parser.add_argument_group("data")
-    dataset.add_argument("--dataset", help="dataset folder (default: the built-in synthetic dataset)")
+    add_dataset_arguments(dataset)
     dataset.add_argument("--ignore-class", type=ignore_class, metavar="NAME|INDEX",
                          help="void class ignored in loss and metrics (default: a class named Void/Unlabelled, else 255)")
     dataset.add_argument("--crop-height", "--crop_height", type=int, help=default("crop_height"))
@@ -130,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
     """Flags map one to one onto ``TrainConfig`` fields; augmentation flags are grouped."""
-    names = {field.name for field in dataclasses.fields(training.TrainConfig)} - {"augment"}
+    names = {field.name for field in dataclasses.fields(training.TrainConfig)} - {"augment", "data_options"}
     augment = data.AugmentConfig(
         scale_range=(args.scale_min, args.scale_max),
         h_flip=args.h_flip,
@@ -138,7 +140,9 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         brightness=args.brightness,
         rotation=args.rotation,
     )
-    return training.TrainConfig(**{name: getattr(args, name) for name in names}, augment=augment)
+    return training.TrainConfig(
+        **{name: getattr(args, name) for name in names}, augment=augment, data_options=dataset_options(args)
+    )
 
 
 def main(argv=None) -> int:

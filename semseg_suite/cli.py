@@ -29,3 +29,36 @@ def str2bool(value: str) -> bool:
 def ignore_class(value: str) -> str | int:
     """``--ignore-class``: a class index if numeric, else a class name."""
     return int(value) if value.lstrip("-").isdigit() else value
+
+
+def add_dataset_arguments(group) -> None:
+    """The flags that say which dataset to read and how (train.py and test.py)."""
+    group.add_argument("--dataset", metavar="FOLDER|tfds:NAME[:CONFIG]",
+                       help="a dataset folder (the suite's colour or index layout, Pascal VOC 2012, Cityscapes, "
+                            "ADE20K SceneParsing; recognised by its contents) or a TensorFlow Datasets name")
+    group.add_argument("--images", metavar="DIR", help="plain folders: the images (with --masks and --classes)")
+    group.add_argument("--masks", metavar="DIR",
+                       help="plain folders: masks paired by file stem; index, palette, RGB-colour or 0/255 binary "
+                            "PNGs (detected and reported)")
+    group.add_argument("--classes", metavar="FILE",
+                       help="name,r,g,b class table for plain folders or a TFDS dataset without class names")
+    group.add_argument("--val-fraction", type=float,
+                       help="plain folders without train/ val/ subfolders: share of the pairs held out for "
+                            "validation, chosen by file stem (default: 0.1)")
+    group.add_argument("--sbd", metavar="DIR",
+                       help="Pascal VOC: add the SBD augmented masks (benchmark_RELEASE/dataset, cls/*.mat, or a "
+                            "SegmentationClassAug PNG folder) to the training split, minus VOC val")
+    group.add_argument("--tfds-image-key", help="TFDS: the image feature (default: inferred)")
+    group.add_argument("--tfds-mask-key", help="TFDS: the mask feature (default: inferred)")
+    group.add_argument("--tfds-data-dir", metavar="DIR",
+                       help="TFDS: where prepared datasets are (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+
+
+_DATASET_OPTION_FLAGS = (
+    "images", "masks", "classes", "val_fraction", "sbd", "tfds_image_key", "tfds_mask_key", "tfds_data_dir",
+)
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The dataset flags a user gave, as `semseg_suite.data.DatasetOptions` fields."""
+    return {name: getattr(args, name) for name in _DATASET_OPTION_FLAGS if getattr(args, name) is not None}

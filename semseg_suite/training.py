@@ -296,6 +296,8 @@ class TrainConfig:
     patience: int | None = None
     tensorboard: str | None = None
     ignore_class: str | int | None = None
+    # `data.DatasetOptions` fields besides ignore_class (plain folders, SBD, TFDS keys)
+    data_options: dict = dataclasses.field(default_factory=dict)
     augment: data.AugmentConfig = dataclasses.field(default_factory=data.AugmentConfig)
 
 
@@ -314,7 +316,7 @@ SCRATCH_DEFAULTS = dict(DATASET_DEFAULTS, learning_rate=1e-3, optimizer="adam")
 def resolve_defaults(config: TrainConfig) -> TrainConfig:
     """Fills unset fields with the defaults of the built-in or a user dataset."""
     frontend = config.frontend or semseg_suite.default_frontend(config.model)
-    if config.dataset is None:
+    if uses_builtin_dataset(config):
         defaults = BUILTIN_DEFAULTS
     else:
         defaults = DATASET_DEFAULTS if frontend is not None else SCRATCH_DEFAULTS
@@ -322,6 +324,11 @@ def resolve_defaults(config: TrainConfig) -> TrainConfig:
     run_name = config.model if frontend is None else f"{config.model}_{frontend}"
     checkpoint_dir = config.checkpoint_dir or str(pathlib.Path("checkpoints") / run_name)
     return dataclasses.replace(config, frontend=frontend, checkpoint_dir=checkpoint_dir, **values)
+
+
+def uses_builtin_dataset(config: TrainConfig) -> bool:
+    """No --dataset and no --images/--masks: the built-in synthetic dataset."""
+    return config.dataset is None and not config.data_options.get("images")
 
 
 def checkpoint_paths(checkpoint_dir) -> dict[str, pathlib.Path]:
@@ -344,18 +351,17 @@ def _truncate_log(path: pathlib.Path, epochs_done: int) -> None:
 
 
 def _load_data(config: TrainConfig) -> data.DatasetInfo:
-    if config.dataset is None:
+    spec = config.dataset
+    if uses_builtin_dataset(config):
         from semseg_suite import synthetic
 
-        root = synthetic.ensure_builtin_dataset()
-        log.info("No --dataset given: using the built-in synthetic dataset in %s", root)
-    else:
-        root = pathlib.Path(config.dataset)
-    info = data.load_dataset(root, ignore_class=config.ignore_class)
+        spec = str(synthetic.ensure_builtin_dataset())
+        log.info("No --dataset given: using the built-in synthetic dataset in %s", spec)
+    info = data.open_dataset(spec, ignore_class=config.ignore_class, **config.data_options)
     log.info("%s", data.describe(info))
     if len(info.splits["train"]) < config.batch_size:
         raise data.DatasetError(
-            f"{info.root / 'train'}: {len(info.splits['train'])} images, fewer than --batch-size {config.batch_size}"
+            f"{info.spec} [train]: {len(info.splits['train'])} images, fewer than --batch-size {config.batch_size}"
         )
     return info
 
@@ -472,7 +478,8 @@ def _metadata(config: TrainConfig, info: data.DatasetInfo) -> dict:
         "preprocessing": semseg_suite.preprocessing_mode(config.frontend),
         "ignore_index": data.IGNORE_INDEX,
         "ignore_class": config.ignore_class,
-        "dataset": str(info.root.resolve()),
+        "dataset": info.spec,
+        "dataset_options": info.options,
         "crop_size": [config.crop_height, config.crop_width],
         "epochs": config.num_epochs,
         "seed": config.seed,
@@ -571,7 +578,7 @@ def train(config: TrainConfig) -> dict:
     log.info(
         "Training %s on %s | %d epochs x %d steps | global batch %d (%d per replica x %d replicas)%s, crop %dx%d | "
         "%s loss | %s, lr %g for the global batch (%s schedule%s) | %s | strategy %s | XLA %s | outputs in %s",
-        model.name, info.root, config.num_epochs, steps, config.batch_size, config.batch_size // replicas, replicas,
+        model.name, info.spec, config.num_epochs, steps, config.batch_size, config.batch_size // replicas, replicas,
         f", {config.accum_steps} batches per update" if config.accum_steps > 1 else "", *crop, config.loss,
         config.optimizer, config.learning_rate, config.lr_schedule,
         f", {config.warmup_epochs:g} warm-up epochs" if config.warmup_epochs else "", config.precision,
@@ -643,7 +650,7 @@ def train(config: TrainConfig) -> dict:
         "checkpoint_dir": str(out_dir),
         "best_checkpoint": str(paths["best.keras"]),
         "tensorboard": config.tensorboard,
-        "dataset": str(info.root),
+        "dataset": info.spec,
         "history": history,
         "model": model,
     }

@@ -247,7 +247,7 @@ def test_test_script_scores_the_split_it_is_asked_for_against_a_numpy_reference(
     export.save_checkpoint(model, checkpoint, {
         "model": "SegNet-Basic", "frontend": None, "num_classes": info.num_classes,
         "class_names": list(info.class_names), "colors": [list(c) for c in info.colors], "preprocessing": "tf",
-        "ignore_index": data.IGNORE_INDEX, "ignore_class": None, "dataset": str(root),
+        "ignore_index": data.IGNORE_INDEX, "ignore_class": None, "dataset": str(root), "dataset_options": {},
     })
     reports = {}
     for split, flags in (("test", []), ("val", ["--split", "val"])):  # test is the default split

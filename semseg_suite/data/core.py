@@ -1,0 +1,313 @@
+"""The dataset contract every format produces, and the checks they share.
+
+A format's loader finds image/label pairs and describes its label encoding as a
+`DatasetInfo`; `check_pairs` then reads every pair once and raises `DatasetError`
+naming the first bad file.
+"""
+
+import concurrent.futures
+import csv
+import dataclasses
+import pathlib
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+IGNORE_INDEX = 255  # the void label of every label map the suite produces
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+VOID_NAMES = ("void", "unlabelled", "unlabeled")
+PREPROCESSING_MODES = ("caffe", "tf", "torch")
+
+
+def valid_pixels(labels, num_classes, ignore_index=IGNORE_INDEX) -> tf.Tensor:
+    """Boolean mask of the labels that count: in ``[0, num_classes)`` and not void.
+
+    The one rule for which pixels enter losses and metrics; values outside the
+    class range are treated as void too (TensorFlow would fail on them on CPU).
+    """
+    labels = tf.convert_to_tensor(labels)
+    in_range = tf.logical_and(labels >= 0, labels < num_classes)
+    return tf.logical_and(in_range, labels != ignore_index)
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing, malformed or inconsistent.
+
+    The message is one line: ``"<path>: <what is wrong>"``.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """A validated dataset: its classes, label encoding and image/label pairs.
+
+    Every format (`semseg_suite.data.open_dataset`) produces one; the pipelines,
+    class weights, evaluation and the dataset doctor only see this.
+
+    Attributes:
+        root: the dataset folder.
+        layout: the format: ``"colour"`` or ``"index"`` (the suite's two folder
+            layouts), ``"voc"``, ``"cityscapes"``, ``"ade20k"``, ``"tfds"`` or
+            ``"folders"`` (a plain pair of folders).
+        class_names: trainable classes; the ignored class is not one.
+        colors: RGB colour of each trainable class.
+        ignored_name: name of the ignored class, or None when no class is ignored.
+        ignored_value: raw label value mapped to ``IGNORE_INDEX``: the ignored
+            class's row, or else a raw index-label value (255 by default; colour
+            labels have no raw values outside their colours).
+        splits: split name -> ``(image_path, label_path)`` pairs sorted by stem,
+            for the splits present.
+        label_map: ``(raw key, train id)`` pairs sorted by key. A label pixel's raw
+            key is its value (index encoding) or ``0xRRGGBB`` (colour encoding); its
+            train id is in ``0..C-1`` or ``IGNORE_INDEX``. Other raw keys are
+            invalid.
+        label_encoding: ``"index"`` (1-channel uint8 labels) or ``"colour"`` (labels
+            decoded to RGB: colour images, and palette PNGs through their palette).
+        class_table: where the valid raw values come from, for error messages
+            (e.g. ``classes.csv``).
+        spec: the dataset as ``open_dataset`` takes it (a folder or ``tfds:NAME``),
+            saved in checkpoints so that test.py reopens the same data.
+        options: the other ``open_dataset`` arguments needed to reopen it.
+        notes: what was detected or converted on the way, one line each.
+    """
+
+    root: pathlib.Path
+    layout: str
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    ignored_name: str | None
+    ignored_value: int
+    splits: dict[str, tuple[tuple[str, str], ...]]
+    label_map: tuple[tuple[int, int], ...]
+    label_encoding: str = "index"
+    class_table: str = "the class table"
+    spec: str = ""
+    options: dict = dataclasses.field(default_factory=dict, compare=False)
+    notes: tuple[str, ...] = ()
+    # split -> decoded dataset with an in-memory .cache(), shared by the pipelines
+    # of every epoch so that images are decoded once per DatasetInfo.
+    _decoded_cache: dict = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of trainable classes."""
+        return len(self.class_names)
+
+    @property
+    def label_channels(self) -> int:
+        """Channels a label is decoded to: 3 for colour labels, else 1."""
+        return 3 if self.label_encoding == "colour" else 1
+
+
+def read_class_table(path):
+    """Reads a ``name,r,g,b`` CSV into (names, RGB colours), one per row."""
+    names, colors = [], []
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.reader(file)
+        header = [field.strip().lower() for field in next(reader, [])]
+        if header != ["name", "r", "g", "b"]:
+            raise DatasetError(f"{path}: header must be name,r,g,b, got {header}")
+        for row in reader:
+            fields = [field.strip() for field in row]
+            if not any(fields):
+                continue
+            where = f"{path}:{reader.line_num}"
+            name, color = _parse_class_row(where, fields)
+            if color in colors:
+                raise DatasetError(f"{where}: duplicate colour {color}")
+            if name in names:
+                raise DatasetError(f"{where}: duplicate class {name!r}")
+            names.append(name)
+            colors.append(color)
+    if not names:
+        raise DatasetError(f"{path}: no classes")
+    return names, colors
+
+
+def _parse_class_row(where, fields):
+    """Parses one ``name, r, g, b`` row; `where` is ``path:line`` for errors."""
+    if len(fields) != 4 or not fields[0]:
+        raise DatasetError(f"{where}: expected name,r,g,b, got {','.join(fields)}")
+    try:
+        color = tuple(int(value) for value in fields[1:])
+    except ValueError:
+        message = f"{where}: r, g, b must be integers, got {fields[1:]}"
+        raise DatasetError(message) from None
+    if not all(0 <= value <= 255 for value in color):
+        raise DatasetError(f"{where}: r, g, b must be in 0..255, got {color}")
+    return fields[0], color
+
+
+def pair_files(image_dir, label_dir):
+    """Pairs images with labels by stem (label stem = image stem [+ "_L"])."""
+    images = files_by_stem(image_dir)
+    labels = files_by_stem(label_dir)
+    if not images:
+        raise DatasetError(f"{image_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    pairs = []
+    for stem, image in sorted(images.items()):
+        matches = [labels.pop(name) for name in (stem, f"{stem}_L") if name in labels]
+        if not matches:
+            raise DatasetError(
+                f"{image}: no label {stem}.* or {stem}_L.* in {label_dir}"
+            )
+        if len(matches) > 1:
+            names = " and ".join(match.name for match in matches)
+            raise DatasetError(f"{image}: two labels, {names}")
+        pairs.append((str(image), str(matches[0])))
+    if labels:
+        label = sorted(labels.values())[0]
+        raise DatasetError(f"{label}: no image with this stem in {image_dir}")
+    return tuple(pairs)
+
+
+def files_by_stem(folder):
+    """Maps stem -> path for the image files of a folder, skipping hidden files."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+            continue
+        if path.stem in files:
+            raise DatasetError(f"{path}: same stem as {files[path.stem].name}")
+        files[path.stem] = path
+    return files
+
+
+def check_pairs(info, check_labels):
+    """Checks that every pair is readable and of one size, on a thread pool."""
+
+    def check(pair):
+        image_path, label_path = pair
+        image_hw = image_size(image_path)
+        if check_labels:
+            label_hw = decode_label_file(info, label_path).shape
+        else:
+            label_hw = image_size(label_path)
+        if label_hw != image_hw:
+            raise DatasetError(
+                f"{label_path}: label is {label_hw[0]}x{label_hw[1]} (HxW), "
+                f"its image {pathlib.Path(image_path).name} is "
+                f"{image_hw[0]}x{image_hw[1]}"
+            )
+
+    pairs = [pair for split_pairs in info.splits.values() for pair in split_pairs]
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        list(pool.map(check, pairs))
+
+
+def image_size(path):
+    """(height, width) from the image file's header."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except OSError:  # includes PIL.UnidentifiedImageError
+        raise DatasetError(f"{path}: not a readable image") from None
+    return height, width
+
+
+def decode_label_file(info: DatasetInfo, path) -> np.ndarray:
+    """Reads a label image as train ids.
+
+    Args:
+        info: the dataset the label belongs to.
+        path: label image file.
+
+    Returns:
+        int32 (H, W) array of ids in ``0..C-1`` or ``IGNORE_INDEX``.
+
+    Raises:
+        DatasetError: the file is unreadable, has the wrong number of channels or
+            holds a value (colour) that is not in the class table.
+    """
+    if info.label_encoding == "colour":
+        label = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    else:
+        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise DatasetError(f"{path}: not a readable image")
+    if info.label_encoding == "colour":
+        label = cv2.cvtColor(label, cv2.COLOR_BGR2RGB)
+    elif label.ndim != 2 or label.dtype != np.uint8:
+        channels = 1 if label.ndim == 2 else label.shape[2]
+        raise DatasetError(
+            f"{path}: index labels must be 1-channel uint8, got {channels} "
+            f"channel(s) of {label.dtype}"
+        )
+    train_ids = _train_ids(info, label)
+    unknown = train_ids < 0
+    if unknown.any():
+        count = np.count_nonzero(unknown)
+        pixels = "1 pixel" if count == 1 else f"{count} pixels"
+        raise DatasetError(
+            f"{path}: {_describe_raw_value(info, label[unknown][0])} is not in "
+            f"{info.class_table} ({pixels})"
+        )
+    return train_ids
+
+
+def _train_ids(info, label):
+    """Maps an (H, W) index or (H, W, 3) RGB label to train ids, -1 where unknown."""
+    raw, train_ids = np.array(info.label_map, dtype=np.int32).T
+    if info.label_encoding == "index":
+        lookup = np.full(256, -1, dtype=np.int32)
+        lookup[raw] = train_ids
+        return lookup[label]
+    label = label.astype(np.int32)
+    keys = label[..., 0] << 16 | label[..., 1] << 8 | label[..., 2]
+    position = np.searchsorted(raw, keys).clip(max=len(raw) - 1)
+    return np.where(raw[position] == keys, train_ids[position], -1)
+
+
+def _describe_raw_value(info, value):
+    """Human-readable raw label value (an index or an RGB triple) for errors."""
+    if info.label_encoding == "colour":
+        return f"colour {tuple(value.tolist())}"
+    return f"value {value}"
+
+
+def describe(info: DatasetInfo) -> str:
+    """A short multi-line summary of a dataset."""
+    if info.ignored_name is not None:
+        ignored = f"{info.ignored_name} (label value {info.ignored_value})"
+    elif any(train_id == IGNORE_INDEX for _, train_id in info.label_map):
+        ignored = f"label value {info.ignored_value}"
+    else:
+        ignored = "nothing"
+    splits = ", ".join(f"{split} {len(pairs)}" for split, pairs in info.splits.items())
+    encoding = "colour" if info.label_encoding == "colour" else "index"
+    layout = info.layout if info.layout == encoding else f"{info.layout}, {encoding}"
+    lines = [
+        f"dataset  {info.spec or info.root} ({layout} labels)",
+        f"classes  {info.num_classes}: {', '.join(info.class_names)}",
+        f"ignored  {ignored} -> {IGNORE_INDEX}",
+        f"pairs    {splits}",
+    ]
+    lines += [f"note     {note}" for note in info.notes]
+    return "\n".join(lines)
+
+
+def preprocess_image(image, mode) -> tf.Tensor:
+    """Normalises RGB images the way a frontend's ImageNet weights expect.
+
+    Args:
+        image: uint8 or float RGB image(s) in [0, 255], channels last.
+        mode: ``"caffe"`` (RGB->BGR, minus the ImageNet mean), ``"tf"`` (scaled to
+            [-1, 1]) or ``"torch"`` (ImageNet mean/std), as in
+            ``keras.applications.imagenet_utils.preprocess_input``.
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"preprocessing must be one of {PREPROCESSING_MODES}, got {mode!r}"
+        )
+    return keras.applications.imagenet_utils.preprocess_input(
+        tf.cast(image, tf.float32), data_format="channels_last", mode=mode
+    )
