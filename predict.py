@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 from semseg_suite import data, export  # noqa: E402
-from semseg_suite.cli import setup_logging  # noqa: E402
+from semseg_suite.cli import setup_logging, unit_interval  # noqa: E402
 from semseg_suite.inference import Segmenter  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image", required=True, help="an image, a folder of images, or a video")
     parser.add_argument("--checkpoint", required=True, help=".keras or .h5 checkpoint written by train.py")
     parser.add_argument("--output-dir", default="predictions", help="where results go (default: predictions)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay (default: 0.5)")
+    parser.add_argument("--alpha", type=unit_interval, default=0.5, help="mask opacity in the overlay (default: 0.5)")
     return parser.parse_args(argv)
 
 

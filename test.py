@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 from semseg_suite import data, evaluation, export  # noqa: E402
-from semseg_suite.cli import add_dataset_arguments, dataset_options, setup_logging  # noqa: E402
+from semseg_suite.cli import add_dataset_arguments, dataset_options, non_negative_int, setup_logging  # noqa: E402
 from semseg_suite.inference import Segmenter  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_dataset_arguments(parser.add_argument_group("data", "default: the dataset the checkpoint was trained on"))
     parser.add_argument("--split", help="split to evaluate (default: test if present, else val)")
     parser.add_argument("--output-dir", help="where tables and images go (default: beside the checkpoint)")
-    parser.add_argument("--num-images", type=int, default=10, help="prediction images to save (default: 10)")
+    parser.add_argument("--num-images", type=non_negative_int, default=10, help="prediction images to save (default: 10)")
     return parser.parse_args(argv)
 
 

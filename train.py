@@ -21,7 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
 from semseg_suite import class_weights, data, distribute, export, losses, optim, training  # noqa: E402
-from semseg_suite.cli import add_dataset_arguments, dataset_options, ignore_class, setup_logging, str2bool  # noqa: E402
+from semseg_suite.cli import (  # noqa: E402
+    add_dataset_arguments, dataset_options, ignore_class, non_negative_float, positive_float, positive_int, setup_logging,
+    str2bool, unit_interval_left_open, unit_interval_open,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_dataset_arguments(dataset)
     dataset.add_argument("--ignore-class", type=ignore_class, metavar="NAME|INDEX",
                          help="void class ignored in loss and metrics (default: a class named Void/Unlabelled, else 255)")
-    dataset.add_argument("--crop-height", "--crop_height", type=int, help=default("crop_height"))
-    dataset.add_argument("--crop-width", "--crop_width", type=int, help=default("crop_width"))
+    dataset.add_argument("--crop-height", "--crop_height", type=positive_int, help=default("crop_height"))
+    dataset.add_argument("--crop-width", "--crop_width", type=positive_int, help=default("crop_width"))
     dataset.add_argument("--h-flip", "--h_flip", type=str2bool, nargs="?", const=True, default=True,
                          help="random horizontal flips (default: on)")
     dataset.add_argument("--v-flip", "--v_flip", type=str2bool, nargs="?", const=True, default=False,
@@ -57,8 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     dataset.add_argument("--brightness", type=float, default=0.0,
                          help="max relative brightness change, e.g. 0.2 (default: 0, off)")
     dataset.add_argument("--rotation", type=float, default=0.0, help="max rotation in degrees (default: 0, off)")
-    dataset.add_argument("--scale-min", type=float, default=0.5, help="min random scale (default: 0.5)")
-    dataset.add_argument("--scale-max", type=float, default=2.0, help="max random scale (default: 2.0)")
+    dataset.add_argument("--scale-min", type=positive_float, default=0.5, help="min random scale (default: 0.5)")
+    dataset.add_argument("--scale-max", type=positive_float, default=2.0, help="max random scale (default: 2.0)")
 
     optimisation = parser.add_argument_group(
         "optimisation",
@@ -66,39 +69,39 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(GPUs, workers), and the learning rate applies to the mean loss of the whole global batch, "
         "as on one device; it is not rescaled with the number of replicas.",
     )
-    optimisation.add_argument("--num-epochs", "--num_epochs", type=int, help=default("num_epochs"))
-    optimisation.add_argument("--batch-size", "--batch_size", type=int,
+    optimisation.add_argument("--num-epochs", "--num_epochs", type=positive_int, help=default("num_epochs"))
+    optimisation.add_argument("--batch-size", "--batch_size", type=positive_int,
                               help="GLOBAL batch size, split over replicas " + default("batch_size") + "; models "
                                    "with batch norm on a 1x1 map (ASPP image pooling, PSPNet bin 1, BiSeNet "
                                    "attention) refuse 1 image per replica, where that BN outputs a constant "
                                    "(--accum-steps does not help; --sync-bn over several replicas does)")
-    optimisation.add_argument("--accum-steps", type=int, default=1,
+    optimisation.add_argument("--accum-steps", type=positive_int, default=1,
                               help="average the gradients of this many batches per update, for large crops on "
                                    "small devices: the effective batch is accum-steps x batch-size (default: 1)")
     optimisation.add_argument("--optimizer", choices=optim.OPTIMIZERS, help=default("optimizer"))
-    optimisation.add_argument("--learning-rate", "--learning_rate", type=float,
+    optimisation.add_argument("--learning-rate", "--learning_rate", type=positive_float,
                               help="peak learning rate for the global batch " + default("learning_rate"))
     optimisation.add_argument("--lr-schedule", default="poly", choices=optim.SCHEDULES,
                               help="poly: lr (1 - t/T)^0.9 (DeepLab); cosine; step: x --lr-step-factor every "
                                    "--lr-step-epochs; constant (default: poly)")
-    optimisation.add_argument("--warmup-epochs", type=float, default=0.0,
+    optimisation.add_argument("--warmup-epochs", type=non_negative_float, default=0.0,
                               help="linear warm-up from ~0 to the learning rate first (default: 0)")
-    optimisation.add_argument("--lr-step-epochs", type=float,
+    optimisation.add_argument("--lr-step-epochs", type=positive_float,
                               help="step schedule: epochs between decays (default: a third of the run)")
-    optimisation.add_argument("--lr-step-factor", type=float, default=0.1, help="step schedule: decay factor (0.1)")
-    optimisation.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    optimisation.add_argument("--weight-decay", type=float,
+    optimisation.add_argument("--lr-step-factor", type=unit_interval_left_open, default=0.1, help="step schedule: decay factor (0.1)")
+    optimisation.add_argument("--momentum", type=unit_interval_open, default=0.9, help="SGD momentum (default: 0.9)")
+    optimisation.add_argument("--weight-decay", type=non_negative_float,
                               help="decoupled weight decay on kernels, not biases or norms "
                                    f"(default: {optim.ADAMW_WEIGHT_DECAY} for adamw, 0 otherwise)")
-    optimisation.add_argument("--clip-norm", type=float, help="clip the global gradient norm (default: off)")
+    optimisation.add_argument("--clip-norm", type=positive_float, help="clip the global gradient norm (default: off)")
     optimisation.add_argument("--loss", default="ce",
                               help=f"loss, or a sum like ce+dice or ce+0.5*dice; one of {', '.join(losses.LOSSES)} "
                                    "(default: ce)")
     optimisation.add_argument("--class-weights", metavar="median-frequency|enet|FILE",
                               help="class-weighted ce/focal/ohem, weights from the training labels "
                                    "(SegNet's median frequency, ENet's 1/ln(1.02 + p)) or a file (default: off)")
-    optimisation.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma (default: 2)")
-    optimisation.add_argument("--ohem-ratio", type=float,
+    optimisation.add_argument("--focal-gamma", type=non_negative_float, default=2.0, help="focal loss gamma (default: 2)")
+    optimisation.add_argument("--ohem-ratio", type=unit_interval_left_open,
                               help="ohem loss: fraction of each image's hardest pixels kept (default: the loss's)")
     optimisation.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling, augmentation")
 
@@ -109,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "e.g. killed, run continues without it)")
     run.add_argument("--restart", action="store_true",
                      help="start afresh even if CHECKPOINT_DIR holds an unfinished run")
-    run.add_argument("--patience", type=int,
+    run.add_argument("--patience", type=positive_int,
                      help="stop when val mIoU has not improved for this many epochs (default: off)")
     run.add_argument("--tensorboard", nargs="?", const="", metavar="DIR",
                      help="write TensorBoard logs (loss, lr, mIoU, per-class IoU, predictions) to DIR "
@@ -127,7 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="batch-norm statistics over all replicas (synchronized BatchNormalization); without "
                           "it each replica normalises by its own part of the batch and the checkpoints keep the "
                           "first replica's moving averages")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.scale_min > args.scale_max:
+        parser.error(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:

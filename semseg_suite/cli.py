@@ -42,7 +42,7 @@ def add_dataset_arguments(group) -> None:
                             "PNGs (detected and reported)")
     group.add_argument("--classes", metavar="FILE",
                        help="name,r,g,b class table for plain folders or a TFDS dataset without class names")
-    group.add_argument("--val-fraction", type=float,
+    group.add_argument("--val-fraction", type=unit_interval_open,
                        help="plain folders without train/ val/ subfolders: share of the pairs held out for "
                             "validation, chosen by file stem (default: 0.1)")
     group.add_argument("--sbd", metavar="DIR",
@@ -62,3 +62,28 @@ _DATASET_OPTION_FLAGS = (
 def dataset_options(args: argparse.Namespace) -> dict:
     """The dataset flags a user gave, as `semseg_suite.data.DatasetOptions` fields."""
     return {name: getattr(args, name) for name in _DATASET_OPTION_FLAGS if getattr(args, name) is not None}
+
+
+def _number_type(convert, name, accepts, rule):
+    """An argparse ``type=`` that converts with `convert` and refuses what `accepts` rejects."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number_type(int, "an integer", lambda v: v > 0, "> 0")
+non_negative_int = _number_type(int, "an integer", lambda v: v >= 0, ">= 0")
+positive_float = _number_type(float, "a number", lambda v: v > 0, "> 0")
+non_negative_float = _number_type(float, "a number", lambda v: v >= 0, ">= 0")
+unit_interval_open = _number_type(float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
+unit_interval_left_open = _number_type(float, "a number", lambda v: 0 < v <= 1, "in (0, 1]")
+unit_interval = _number_type(float, "a number", lambda v: 0 <= v <= 1, "in [0, 1]")
