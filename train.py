@@ -161,6 +161,10 @@ def main(argv=None) -> int:
             losses.LossError, training.BatchSizeError, ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. the disk filled while a checkpoint was written; the last one is intact
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except training.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3

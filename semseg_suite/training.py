@@ -27,6 +27,7 @@ import dataclasses
 import importlib.util
 import logging
 import pathlib
+import tempfile
 import time
 
 import keras
@@ -44,6 +45,10 @@ TENSORBOARD_IMAGES = 3
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
+
+
+class CheckpointDirError(OSError):
+    """The checkpoint folder cannot be created or written (checked before training)."""
 
 
 class BatchSizeError(ValueError):
@@ -331,6 +336,20 @@ def uses_builtin_dataset(config: TrainConfig) -> bool:
     return config.dataset is None and not config.data_options.get("images")
 
 
+def check_writable(folder: pathlib.Path) -> None:
+    """Creates `folder` if needed and proves a file can be written there.
+
+    Raises:
+        CheckpointDirError: naming the folder and why, before any training.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise CheckpointDirError(f"{folder}: checkpoint folder is not writable ({error.strerror or error})") from None
+
+
 def checkpoint_paths(checkpoint_dir) -> dict[str, pathlib.Path]:
     root = pathlib.Path(checkpoint_dir)
     return {f"{kind}{suffix}": root / f"{kind}{suffix}" for kind in ("latest", "best") for suffix in export.FORMATS}
@@ -557,6 +576,8 @@ def train(config: TrainConfig) -> dict:
 
     jit_compile = distribute.resolve_xla(config.xla)
     out_dir = pathlib.Path(config.checkpoint_dir)
+    if chief:
+        check_writable(out_dir)
     if config.tensorboard == "":
         config = dataclasses.replace(config, tensorboard=str(out_dir / "tensorboard"))
     paths = checkpoint_paths(out_dir)
