@@ -5,9 +5,11 @@ A format's loader finds image/label pairs and describes its label encoding as a
 naming the first bad file.
 """
 
+import collections
 import concurrent.futures
 import csv
 import dataclasses
+import logging
 import pathlib
 
 import cv2
@@ -20,6 +22,8 @@ IGNORE_INDEX = 255  # the void label of every label map the suite produces
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 VOID_NAMES = ("void", "unlabelled", "unlabeled")
+
+log = logging.getLogger("semseg_suite")
 PREPROCESSING_MODES = ("caffe", "tf", "torch")
 
 
@@ -168,23 +172,44 @@ def pair_files(image_dir, label_dir):
 
 
 def files_by_stem(folder):
-    """Maps stem -> path for the image files of a folder, skipping hidden files."""
-    files = {}
+    """Maps stem -> path for the image files of a folder.
+
+    Hidden files and folders are skipped silently; other files without an image
+    extension (notes.txt, Thumbs.db, ...) are skipped with one INFO line.
+    """
+    files, skipped = {}, []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            skipped.append(path.name)
             continue
         if path.stem in files:
             raise DatasetError(f"{path}: same stem as {files[path.stem].name}")
         files[path.stem] = path
+    if skipped:
+        log.info("%s: skipped %d non-image entr%s (%s)", folder, len(skipped), "y" if len(skipped) == 1 else "ies",
+                 ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
     return files
 
 
 def check_pairs(info, check_labels):
-    """Checks that every pair is readable and of one size, on a thread pool."""
+    """Checks that every pair is readable and of one size, on a thread pool.
+
+    With `check_labels` every image and label is decoded in full (a truncated file
+    fails here, not in the middle of an epoch); without it only headers are read.
+    Images that are not 8-bit RGB (grayscale, RGBA, palette, 16-bit, CMYK) are
+    read as RGB by the pipeline; one INFO line says how many there are.
+    """
 
     def check(pair):
         image_path, label_path = pair
-        image_hw = image_size(image_path)
+        if pathlib.Path(label_path).suffix.lower() in LOSSY_EXTENSIONS:
+            raise DatasetError(
+                f"{label_path}: labels must be lossless (PNG); JPEG compression changes the values and colours "
+                "along every class boundary"
+            )
+        image_hw, mode = _read_image(image_path, decode=check_labels)
         if check_labels:
             label_hw = decode_label_file(info, label_path).shape
         else:
@@ -195,20 +220,47 @@ def check_pairs(info, check_labels):
                 f"its image {pathlib.Path(image_path).name} is "
                 f"{image_hw[0]}x{image_hw[1]}"
             )
+        return mode
 
     pairs = [pair for split_pairs in info.splits.values() for pair in split_pairs]
     with concurrent.futures.ThreadPoolExecutor() as pool:
-        list(pool.map(check, pairs))
+        modes = collections.Counter(pool.map(check, pairs))
+    converted = [f"{count} {_MODE_NAMES.get(mode, mode)}" for mode, count in sorted(modes.items()) if mode != "RGB"]
+    if converted:
+        log.info("%s: %s image(s) are read as 8-bit RGB", info.spec or info.root, ", ".join(converted))
+
+
+# PIL modes of images the pipeline converts to 8-bit RGB (tf.io.decode_image, 3 channels).
+_MODE_NAMES = {
+    "1": "1-bit", "L": "grayscale", "LA": "grayscale+alpha", "P": "palette", "PA": "palette+alpha",
+    "RGBA": "RGBA", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale", "YCbCr": "YCbCr",
+}
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 
 
 def image_size(path):
     """(height, width) from the image file's header."""
+    return _read_image(path, decode=False)[0]
+
+
+def _read_image(path, decode):
+    """((height, width), PIL mode) of an image file, decoding it in full if `decode`."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except OSError:  # includes PIL.UnidentifiedImageError
-        raise DatasetError(f"{path}: not a readable image") from None
-    return height, width
+            mode = image.mode
+            if decode:
+                image.load()
+    except OSError as error:  # includes PIL.UnidentifiedImageError and truncated files
+        file = pathlib.Path(path)
+        if file.is_file() and file.stat().st_size == 0:
+            what = "empty file (0 bytes), not an image"
+        elif "truncated" in str(error):
+            what = "truncated image file"
+        else:
+            what = "not a readable image"
+        raise DatasetError(f"{path}: {what}") from None
+    return (height, width), mode
 
 
 def decode_label_file(info: DatasetInfo, path) -> np.ndarray:
