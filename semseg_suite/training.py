@@ -567,6 +567,7 @@ def train(config: TrainConfig) -> dict:
     val_split = "val" if "val" in info.splits else None
     preprocessing = semseg_suite.preprocessing_mode(config.frontend)
     crop = (config.crop_height, config.crop_width)
+    data.check_crop(info, crop, max_scale=config.augment.scale_range[1])
     steps = len(info.splits["train"]) // config.batch_size
     if config.batch_size % strategy.num_replicas_in_sync:
         raise distribute.DistributeError(

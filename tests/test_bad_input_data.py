@@ -115,3 +115,15 @@ def test_dataset_of_no_known_format_lists_the_formats(tmp_path):
     (tmp_path / "stuff").mkdir()
     message = one_line_error(tmp_path / "stuff", "not a dataset folder of a known format")
     assert "classes.csv" in message
+
+
+def test_crop_larger_than_every_image_even_scaled_is_refused(index_root):
+    info = data.open_dataset(index_root)
+    data.check_crop(info, (HEIGHT, WIDTH))  # the largest size itself is fine
+    data.check_crop(info, (2 * HEIGHT, 2 * WIDTH), max_scale=2.0)  # reachable by the random rescale
+    with pytest.raises(data.DatasetError) as error:
+        data.check_crop(info, (HEIGHT + 1, WIDTH), max_scale=1.0)
+    assert str(error.value) == (
+        f"{index_root / 'train'}: crop {HEIGHT + 1}x{WIDTH} is larger than every train image (largest "
+        f"{HEIGHT}x{WIDTH}), so every crop would be padded; use a crop of at most {HEIGHT}x{WIDTH}"
+    )

@@ -363,3 +363,26 @@ def preprocess_image(image, mode) -> tf.Tensor:
     return keras.applications.imagenet_utils.preprocess_input(
         tf.cast(image, tf.float32), data_format="channels_last", mode=mode
     )
+
+
+def check_crop(info: DatasetInfo, crop_size, max_scale: float = 1.0, split: str = "train") -> None:
+    """Refuses a crop that is larger than every image of a split, even at the largest scale.
+
+    A crop larger than some images is fine (they are padded with IGNORE_INDEX), but
+    one larger than all of them pads every crop: wasted compute, and batch norm
+    sees the padding. Reads image headers only.
+
+    Raises:
+        DatasetError: naming the split folder, the crop and the largest image.
+    """
+    sizes = [image_size(image) for image, _ in info.splits[split]]
+    largest = max(sizes, key=lambda hw: hw[0] * hw[1])
+    height, width = crop_size
+    if all(height > h * max_scale or width > w * max_scale for h, w in sizes):
+        folder = pathlib.Path(info.splits[split][0][0]).parent
+        scaled = f" scaled by up to {max_scale:g}" if max_scale != 1 else ""
+        raise DatasetError(
+            f"{folder}: crop {height}x{width} is larger than every {split} image{scaled} (largest "
+            f"{largest[0]}x{largest[1]}), so every crop would be padded; use a crop of at most "
+            f"{int(largest[0] * max_scale)}x{int(largest[1] * max_scale)}"
+        )
