@@ -100,6 +100,8 @@ def open_dataset(spec=None, options: DatasetOptions | None = None, **overrides) 
             message names the file and what is wrong.
     """
     options = dataclasses.replace(options or DatasetOptions(), **overrides)
+    if spec is not None and options.images is not None and str(spec) == str(options.images):
+        spec = None  # plain folders reopened from a checkpoint: their spec is the images folder
     if spec is None:
         if options.images is None or options.masks is None:
             raise DatasetError("no dataset: give a folder, tfds:NAME, or both images= and masks= folders")
@@ -112,7 +114,7 @@ def open_dataset(spec=None, options: DatasetOptions | None = None, **overrides) 
         if options.images is not None or options.masks is not None:
             raise DatasetError(f"{spec}: give either a dataset folder or images= and masks= folders, not both")
         info = _open_folder(pathlib.Path(spec).expanduser().absolute(), options)
-    return dataclasses.replace(info, options=options.changed())
+    return dataclasses.replace(info, options={**options.changed(), **info.options})
 
 
 def _open_folder(root, options):
