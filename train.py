@@ -22,8 +22,8 @@ import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
 from semseg_suite import class_weights, data, distribute, export, losses, optim, training  # noqa: E402
 from semseg_suite.cli import (  # noqa: E402
-    add_dataset_arguments, dataset_options, ignore_class, non_negative_float, positive_float, positive_int, setup_logging,
-    str2bool, unit_interval_left_open, unit_interval_open,
+    add_dataset_arguments, dataset_options, float_in, ignore_class, non_negative_float, positive_float, positive_int,
+    setup_logging, str2bool, unit_interval, unit_interval_left_open, unit_interval_open,
 )
 
 
@@ -57,9 +57,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="random horizontal flips (default: on)")
     dataset.add_argument("--v-flip", "--v_flip", type=str2bool, nargs="?", const=True, default=False,
                          help="random vertical flips (default: off)")
-    dataset.add_argument("--brightness", type=float, default=0.0,
+    dataset.add_argument("--brightness", type=unit_interval_open, default=0.0,
                          help="max relative brightness change, e.g. 0.2 (default: 0, off)")
-    dataset.add_argument("--rotation", type=float, default=0.0, help="max rotation in degrees (default: 0, off)")
+    dataset.add_argument("--rotation", type=non_negative_float, default=0.0, help="max rotation in degrees (default: 0, off)")
+
+    dataset.add_argument("--contrast", type=unit_interval_open, default=0.0,
+                         help="max contrast change in [0, 1), factor 1 +- value (default: 0, off)")
+    dataset.add_argument("--saturation", type=unit_interval_open, default=0.0,
+                         help="max saturation change in [0, 1), factor 1 +- value (default: 0, off)")
+    dataset.add_argument("--hue", type=float_in(0, 0.5), default=0.0,
+                         help="max hue shift in [0, 0.5] of the hue circle (default: 0, off)")
+    dataset.add_argument("--blur-prob", type=unit_interval, default=0.0,
+                         help="Gaussian blur probability in [0, 1] (default: 0, off)")
+    dataset.add_argument("--blur-sigma", type=float_in(0, 10, low_open=True), default=1.0,
+                         help="max blur sigma in pixels, in (0, 10] (default: 1.0; used only with --blur-prob)")
+    dataset.add_argument("--grayscale-prob", type=unit_interval, default=0.0,
+                         help="random grayscale probability in [0, 1] (default: 0, off)")
+    dataset.add_argument("--cutout-prob", type=unit_interval, default=0.0,
+                         help="cutout probability in [0, 1], label set to ignore (default: 0, off)")
+    dataset.add_argument("--cutout-size", type=unit_interval_left_open, default=0.25,
+                         help="max cutout side in (0, 1] of the crop (default: 0.25; used only with --cutout-prob)")
+    dataset.add_argument("--random-order", type=str2bool, nargs="?", const=True, default=False,
+                         help="photometric ops in a random order per image (default: off, fixed order)")
     dataset.add_argument("--scale-min", type=positive_float, default=0.5, help="min random scale (default: 0.5)")
     dataset.add_argument("--scale-max", type=positive_float, default=2.0, help="max random scale (default: 2.0)")
 
@@ -79,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="average the gradients of this many batches per update, for large crops on "
                                    "small devices: the effective batch is accum-steps x batch-size (default: 1)")
     optimisation.add_argument("--optimizer", choices=optim.OPTIMIZERS, help=default("optimizer"))
-    optimisation.add_argument("--learning-rate", "--learning_rate", type=positive_float,
+    optimisation.add_argument("--learning-rate", "--learning_rate", type=non_negative_float,
                               help="peak learning rate for the global batch " + default("learning_rate"))
     optimisation.add_argument("--lr-schedule", default="poly", choices=optim.SCHEDULES,
                               help="poly: lr (1 - t/T)^0.9 (DeepLab); cosine; step: x --lr-step-factor every "
@@ -145,6 +164,15 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         v_flip=args.v_flip,
         brightness=args.brightness,
         rotation=args.rotation,
+        contrast=args.contrast,
+        saturation=args.saturation,
+        hue=args.hue,
+        blur_prob=args.blur_prob,
+        blur_sigma=args.blur_sigma,
+        grayscale_prob=args.grayscale_prob,
+        cutout_prob=args.cutout_prob,
+        cutout_size=args.cutout_size,
+        random_order=args.random_order,
     )
     return training.TrainConfig(
         **{name: getattr(args, name) for name in names}, augment=augment, data_options=dataset_options(args)

@@ -87,3 +87,11 @@ non_negative_float = _number_type(float, "a number", lambda v: v >= 0, ">= 0")
 unit_interval_open = _number_type(float, "a number", lambda v: 0 <= v < 1, "in [0, 1)")
 unit_interval_left_open = _number_type(float, "a number", lambda v: 0 < v <= 1, "in (0, 1]")
 unit_interval = _number_type(float, "a number", lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """An argparse ``type=`` for a float in ``[low, high]`` (ends open where asked)."""
+    rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return _number_type(
+        float, "a number", lambda v: (low < v if low_open else low <= v) and (v < high if high_open else v <= high), rule
+    )
