@@ -337,17 +337,24 @@ def uses_builtin_dataset(config: TrainConfig) -> bool:
 
 
 def check_writable(folder: pathlib.Path) -> None:
-    """Creates `folder` if needed and proves a file can be written there.
+    """Proves a file can be written in `folder`, creating it for the test only.
 
     Raises:
         CheckpointDirError: naming the folder and why, before any training.
     """
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
             pass
     except OSError as error:
         raise CheckpointDirError(f"{folder}: checkpoint folder is not writable ({error.strerror or error})") from None
+    finally:  # leave nothing behind: the run creates the folder when it first writes
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 def checkpoint_paths(checkpoint_dir) -> dict[str, pathlib.Path]:
