@@ -156,23 +156,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
-    """Flags map one to one onto ``TrainConfig`` fields; augmentation flags are grouped."""
+    """Flags map one to one onto ``TrainConfig`` and ``AugmentConfig`` fields (the scale range is two flags)."""
     names = {field.name for field in dataclasses.fields(training.TrainConfig)} - {"augment", "data_options"}
     augment = data.AugmentConfig(
         scale_range=(args.scale_min, args.scale_max),
-        h_flip=args.h_flip,
-        v_flip=args.v_flip,
-        brightness=args.brightness,
-        rotation=args.rotation,
-        contrast=args.contrast,
-        saturation=args.saturation,
-        hue=args.hue,
-        blur_prob=args.blur_prob,
-        blur_sigma=args.blur_sigma,
-        grayscale_prob=args.grayscale_prob,
-        cutout_prob=args.cutout_prob,
-        cutout_size=args.cutout_size,
-        random_order=args.random_order,
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(data.AugmentConfig)
+           if field.name != "scale_range"},
     )
     return training.TrainConfig(
         **{name: getattr(args, name) for name in names}, augment=augment, data_options=dataset_options(args)
