@@ -107,7 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                               help="linear warm-up from ~0 to the learning rate first (default: 0)")
     optimisation.add_argument("--lr-step-epochs", type=positive_float,
                               help="step schedule: epochs between decays (default: a third of the run)")
-    optimisation.add_argument("--lr-step-factor", type=unit_interval_left_open, default=0.1, help="step schedule: decay factor (0.1)")
+    optimisation.add_argument("--lr-step-factor", type=positive_float, default=0.1,
+                              help="step schedule: factor applied at each step (default: 0.1; above 1 grows the rate)")
     optimisation.add_argument("--momentum", type=unit_interval_open, default=0.9, help="SGD momentum (default: 0.9)")
     optimisation.add_argument("--weight-decay", type=non_negative_float,
                               help="decoupled weight decay on kernels, not biases or norms "
