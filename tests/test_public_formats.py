@@ -88,10 +88,18 @@ def test_voc_missing_label_of_a_listed_stem_names_the_list(tmp_path):
         data.open_dataset(tmp_path)
 
 
-def test_voc_sbd_is_refused_clearly_until_supported(tmp_path):
-    write_voc(tmp_path)
-    with pytest.raises(data.DatasetError, match="SBD augmented set is not supported yet"):
-        data.open_dataset(tmp_path, sbd=str(tmp_path / "benchmark_RELEASE"))
+def test_voc_sbd_pngs_join_train_but_not_val(tmp_path):
+    tree = write_voc(tmp_path)
+    write_rgb(tree / "JPEGImages" / "2008_000004.jpg", 4)
+    for stem, seed in (("2008_000004", 4), ("2007_000003", 3)):  # SBD-only, and VOC val (excluded from train)
+        write_index(tree / "SegmentationClassAug" / f"{stem}.png", voc_raw(seed))
+    info = data.open_dataset(tmp_path, sbd=str(tree))  # tests/test_sbd.py covers SBD's own .mat release
+    assert [len(info.splits[s]) for s in ("train", "val")] == [3, 1]
+    assert info.splits["val"] == data.open_dataset(tmp_path).splits["val"]
+    assert any(note.startswith("SBD: 1 train images added (1 from VOC val excluded); PNG labels from")
+               for note in info.notes)
+    np.testing.assert_array_equal(data.decode_label_file(info, info.splits["train"][2][1]), voc_raw(4))
+    one_training_batch(info)
 
 
 # --- Cityscapes ---------------------------------------------------------------

@@ -145,6 +145,37 @@ def test_plain_index_and_binary_masks(tmp_path):
     assert data.open_dataset(info.spec, **info.options).splits == info.splits
 
 
+def test_plain_16_bit_masks_convert_once_to_the_ids_of_8_bit_ones(tmp_path):
+    rng = np.random.default_rng(4)
+    index = {f"w{n}": rng.integers(0, 3, (8, 8), dtype=np.uint8) for n in range(3)}
+    index["w0"][0, 0] = 255
+    infos = {}
+    for bits in (8, 16):
+        images, masks = _plain_tree(tmp_path / f"bits{bits}", {k: Image.fromarray(v) for k, v in index.items()})
+        if bits == 16:
+            for stem, array in index.items():
+                cv2.imwrite(str(masks / f"{stem}.png"), array.astype(np.uint16))
+            with Image.open(masks / "w1.png") as mask:
+                assert mask.mode == "I;16"
+        infos[bits] = data.open_dataset(images=str(images), masks=str(masks), val_fraction=0.0)
+    assert infos[16].class_names == infos[8].class_names == ("class_0", "class_1", "class_2")
+    for got, want, (_, raw) in zip(_decoded(infos[16]), _decoded(infos[8]), sorted(index.items())):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, raw)
+    (cache,) = (tmp_path / "cache" / "masks16").iterdir()
+    assert any(note == f"16-bit masks converted to 8-bit copies in {cache}" for note in infos[16].notes)
+    assert all(label.startswith(f"{cache}/") for _, label in infos[16].splits["train"])
+    written = {path: path.stat().st_mtime_ns for path in cache.iterdir()}
+    again = data.open_dataset(infos[16].spec, **infos[16].options)
+    assert again.splits == infos[16].splits and {p: p.stat().st_mtime_ns for p in cache.iterdir()} == written
+    too_large = index["w2"].astype(np.uint16)
+    too_large[3, 3] = 300
+    cv2.imwrite(str(masks / "w2.png"), too_large)
+    message = rf"{masks / 'w2.png'}: 16-bit mask value 300 does not fit the suite's 8-bit labels \(ids 0\.\.254, 255"
+    with pytest.raises(data.DatasetError, match=message):
+        data.open_dataset(images=str(images), masks=str(masks), val_fraction=0.0)
+
+
 def test_plain_palette_and_rgb_masks(tmp_path):
     rng = np.random.default_rng(2)
     colours = [(0, 0, 0), (200, 10, 10), (10, 200, 10)]

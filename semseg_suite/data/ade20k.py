@@ -14,7 +14,7 @@ import csv
 
 import numpy as np
 
-from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo, check_pairs, pair_files
+from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo, pair_files
 
 SIGNATURE = "images/ annotations/ with training/ validation/ (ADEChallengeData2016)"
 OPTIONS = ()
@@ -58,7 +58,7 @@ def load(root, options) -> DatasetInfo:
     }
     names, source = _class_names(tree)
     colors = np.random.default_rng(150).integers(0, 256, size=(NUM_CLASSES, 3))
-    info = DatasetInfo(
+    return DatasetInfo(
         root=tree,
         layout="ade20k",
         class_names=names,
@@ -72,8 +72,6 @@ def load(root, options) -> DatasetInfo:
         spec=str(tree),
         notes=(f"label 0 (other objects) ignored, label k is class k-1 (reduce_zero_label); names from {source}",),
     )
-    check_pairs(info, options.check_labels)
-    return info
 
 
 def _class_names(tree):

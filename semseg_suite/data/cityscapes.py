@@ -7,9 +7,7 @@ sidewalk 8, ..., bicycle 33); every other id is ignored, ids above 33 are invali
 The test split is skipped: its public labels are placeholders.
 """
 
-import pathlib
-
-from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo, check_pairs
+from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo
 
 SIGNATURE = "leftImg8bit/ gtFine/"
 OPTIONS = ()
@@ -43,7 +41,7 @@ def load(root, options) -> DatasetInfo:
     if "train" not in splits:
         raise DatasetError(f"{root / 'leftImg8bit' / 'train'}: missing train split")
     train_ids = {label_id: train_id for train_id, (_, label_id, _) in enumerate(CLASSES)}
-    info = DatasetInfo(
+    return DatasetInfo(
         root=root,
         layout="cityscapes",
         class_names=tuple(name for name, _, _ in CLASSES),
@@ -58,8 +56,6 @@ def load(root, options) -> DatasetInfo:
         notes=("gtFine labelIds mapped to the 19 train ids, the other 15 ids ignored; test split skipped "
                "(its public labels are placeholders)",),
     )
-    check_pairs(info, options.check_labels)
-    return info
 
 
 def _pairs(root, split):

@@ -9,8 +9,12 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import hashlib
 import logging
+import os
 import pathlib
+import shutil
+import tempfile
 
 import cv2
 import keras
@@ -200,26 +204,21 @@ def check_pairs(info, check_labels):
     fails here, not in the middle of an epoch); without it only headers are read.
     Images that are not 8-bit RGB (grayscale, RGBA, palette, 16-bit, CMYK) are
     read as RGB by the pipeline; one INFO line says how many there are.
+
+    Raises:
+        DatasetError: the first problem found (`read_pair` lists them all).
     """
 
     def check(pair):
-        image_path, label_path = pair
-        if pathlib.Path(label_path).suffix.lower() in LOSSY_EXTENSIONS:
-            raise DatasetError(
-                f"{label_path}: labels must be lossless (PNG); JPEG compression changes the values and colours "
-                "along every class boundary"
-            )
-        image_hw, mode = _read_image(image_path, decode=check_labels)
         if check_labels:
-            label_hw = decode_label_file(info, label_path).shape
-        else:
-            label_hw = image_size(label_path)
-        if label_hw != image_hw:
-            raise DatasetError(
-                f"{label_path}: label is {label_hw[0]}x{label_hw[1]} (HxW), "
-                f"its image {pathlib.Path(image_path).name} is "
-                f"{image_hw[0]}x{image_hw[1]}"
-            )
+            reading = read_pair(info, pair)
+            if reading.problems:
+                raise DatasetError(reading.problems[0])
+            return reading.mode
+        image_path, label_path = pair
+        _check_lossless(label_path)
+        image_hw, mode = _read_image(image_path, decode=False)
+        _check_sizes(image_path, label_path, image_hw, image_size(label_path))
         return mode
 
     pairs = [pair for split_pairs in info.splits.values() for pair in split_pairs]
@@ -228,6 +227,71 @@ def check_pairs(info, check_labels):
     converted = [f"{count} {_MODE_NAMES.get(mode, mode)}" for mode, count in sorted(modes.items()) if mode != "RGB"]
     if converted:
         log.info("%s: %s image(s) are read as 8-bit RGB", info.spec or info.root, ", ".join(converted))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairReading:
+    """What decoding one image/label pair in full found.
+
+    Attributes:
+        image_size: (height, width) of the image, or None if it is unreadable.
+        mode: the image's PIL mode (``"RGB"``, ``"L"``, ...), or None.
+        train_ids: int32 (H, W) train ids of the label, or None if it is unusable.
+        problems: one ``"<path>: <what is wrong>"`` line per problem, image first.
+    """
+
+    image_size: tuple[int, int] | None
+    mode: str | None
+    train_ids: np.ndarray | None
+    problems: tuple[str, ...]
+
+
+def read_pair(info: DatasetInfo, pair) -> PairReading:
+    """Decodes an image and its label in full, collecting every problem of the pair."""
+    image_path, label_path = pair
+    problems = []
+    image_hw = mode = train_ids = None
+    try:
+        image_hw, mode = _read_image(image_path, decode=True)
+    except DatasetError as error:
+        problems.append(str(error))
+    try:
+        _check_lossless(label_path)
+        train_ids = decode_label_file(info, label_path)
+    except DatasetError as error:
+        problems.append(str(error))
+    if image_hw is not None and train_ids is not None:
+        try:
+            _check_sizes(image_path, label_path, image_hw, train_ids.shape)
+        except DatasetError as error:
+            problems.append(str(error))
+            train_ids = None
+    return PairReading(image_hw, mode, train_ids, tuple(problems))
+
+
+def _check_lossless(label_path):
+    if pathlib.Path(label_path).suffix.lower() in LOSSY_EXTENSIONS:
+        raise DatasetError(
+            f"{label_path}: labels must be lossless (PNG); JPEG compression changes the values and colours "
+            "along every class boundary"
+        )
+
+
+def _check_sizes(image_path, label_path, image_hw, label_hw):
+    if tuple(label_hw) != tuple(image_hw):
+        raise DatasetError(
+            f"{label_path}: label is {label_hw[0]}x{label_hw[1]} (HxW), "
+            f"its image {pathlib.Path(image_path).name} is "
+            f"{image_hw[0]}x{image_hw[1]}"
+        )
+
+
+def cache_root() -> pathlib.Path:
+    """Where the suite caches converted datasets and statistics.
+
+    ``$SEMSEG_SUITE_CACHE``, else ``~/.cache/semseg_suite``.
+    """
+    return pathlib.Path(os.environ.get("SEMSEG_SUITE_CACHE") or "~/.cache/semseg_suite").expanduser().absolute()
 
 
 # PIL modes of images the pipeline converts to 8-bit RGB (tf.io.decode_image, 3 channels).
@@ -386,3 +450,40 @@ def check_crop(info: DatasetInfo, crop_size, max_scale: float = 1.0, split: str 
             f"{largest[0]}x{largest[1]}), so every crop would be padded; use a crop of at most "
             f"{int(largest[0] * max_scale)}x{int(largest[1] * max_scale)}"
         )
+
+
+def convert_once(kind, source, files, convert) -> pathlib.Path:
+    """The cache folder of a conversion of `files`, running `convert` the first time.
+
+    The folder is ``<cache root>/KIND/<hash>``, the hash covering the resolved
+    `source` folder and the names, sizes and mtimes of `files`, so that a changed
+    file converts again. `convert(folder)` writes into a temporary folder that is
+    renamed into place once complete, so an interrupted conversion leaves nothing
+    half-written (and is redone next time).
+
+    Args:
+        kind: the cache subfolder, e.g. ``"masks16"``.
+        source: the folder being converted.
+        files: the paths the conversion reads.
+        convert: called with the temporary folder to fill.
+
+    Returns:
+        The cache folder.
+    """
+    key = hashlib.sha1(str(pathlib.Path(source).resolve()).encode())
+    for path in sorted(map(pathlib.Path, files)):
+        stat = path.stat()
+        key.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    cache = cache_root() / kind / key.hexdigest()[:16]
+    if cache.is_dir():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    try:
+        log.info("%s: converting %d file(s) into %s", source, len(files), cache)
+        convert(tmp)
+        os.rename(tmp, cache)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return cache

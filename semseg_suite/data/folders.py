@@ -53,8 +53,8 @@ def detect(root) -> bool:
 
 
 def load(root, options) -> DatasetInfo:
-    """`load_dataset` with `formats.DatasetOptions`."""
-    return load_dataset(root, ignore_class=options.ignore_class, check_labels=options.check_labels)
+    """The dataset of `root` for `formats.open_dataset`, which checks its files."""
+    return _find(root, options.ignore_class)
 
 
 def load_dataset(root, ignore_class=None, check_labels=True) -> DatasetInfo:
@@ -77,6 +77,13 @@ def load_dataset(root, ignore_class=None, check_labels=True) -> DatasetInfo:
         DatasetError: the folder, class table, a split or a file is missing,
             unpaired, unreadable, of the wrong size or holds an unknown label value.
     """
+    info = _find(root, ignore_class)
+    check_pairs(info, check_labels)
+    return info
+
+
+def _find(root, ignore_class):
+    """The `DatasetInfo` of a folder, its pairs found but their files not read."""
     root = pathlib.Path(root).expanduser().absolute()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
@@ -88,7 +95,7 @@ def load_dataset(root, ignore_class=None, check_labels=True) -> DatasetInfo:
     trainable = [row for row in range(len(names)) if row != ignored_value]
     if len(trainable) >= IGNORE_INDEX:
         raise DatasetError(f"{csv_path}: more than {IGNORE_INDEX - 1} classes")
-    info = DatasetInfo(
+    return DatasetInfo(
         root=root,
         layout=layout_name,
         class_names=tuple(names[row] for row in trainable),
@@ -104,8 +111,6 @@ def load_dataset(root, ignore_class=None, check_labels=True) -> DatasetInfo:
         class_table=layout.csv_name,
         spec=str(root),
     )
-    check_pairs(info, check_labels)
-    return info
 
 
 def _detect_layout(root):

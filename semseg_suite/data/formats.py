@@ -25,7 +25,7 @@ import dataclasses
 import pathlib
 
 from semseg_suite.data import ade20k, cityscapes, folders, plain, tfds_source, voc
-from semseg_suite.data.core import DatasetError, DatasetInfo
+from semseg_suite.data.core import DatasetError, DatasetInfo, check_pairs
 
 TFDS_PREFIX = "tfds:"
 
@@ -37,7 +37,10 @@ class DatasetOptions:
     Attributes:
         ignore_class: the ignored class (see `folders.load_dataset`), for the
             formats with a class table of their own.
-        check_labels: decode every label while checking the dataset.
+        check_labels: decode every image and label while checking the dataset
+            (else only their headers are read).
+        check_files: check the files at all; the dataset doctor turns it off to
+            report every problem rather than the first.
         classes: a ``name,r,g,b`` class table, for plain folders and TFDS.
         images: plain folders: the image folder.
         masks: plain folders: the mask folder.
@@ -52,6 +55,7 @@ class DatasetOptions:
 
     ignore_class: str | int | None = None
     check_labels: bool = True
+    check_files: bool = True
     classes: str | None = None
     images: str | None = None
     masks: str | None = None
@@ -114,6 +118,8 @@ def open_dataset(spec=None, options: DatasetOptions | None = None, **overrides) 
         if options.images is not None or options.masks is not None:
             raise DatasetError(f"{spec}: give either a dataset folder or images= and masks= folders, not both")
         info = _open_folder(pathlib.Path(spec).expanduser().absolute(), options)
+    if options.check_files:
+        check_pairs(info, options.check_labels)
     return dataclasses.replace(info, options={**options.changed(), **info.options})
 
 
@@ -129,7 +135,7 @@ def _open_folder(root, options):
 
 
 # Options every format takes; a module's OPTIONS names the others it takes.
-_COMMON_OPTIONS = {"ignore_class", "check_labels"}
+_COMMON_OPTIONS = {"ignore_class", "check_labels", "check_files"}
 
 
 def _check_options(where, name, module, options):

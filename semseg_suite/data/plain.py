@@ -12,18 +12,21 @@ The mask encoding is detected from the files (PIL mode) and must be the same for
   (1). Here 255 is NOT the ignored value.
 - other ``L``: index labels; 255 is ignored by default, as in the suite's index layout.
 - ``RGB``: colour labels against the ``--classes`` colours (required).
-
-16-bit (``I;16``) masks are refused for now.
+- ``I;16`` (16-bit grey PNGs, ``I`` in older Pillow): converted once to 8-bit copies
+  in a cache folder (``$SEMSEG_SUITE_CACHE`` or ``~/.cache/semseg_suite``, then
+  ``masks16/<hash of the mask folder, file names and mtimes>``), then read as ``L``
+  masks (binary or index as above). A value above 255 does not fit and is refused.
 """
 
 import hashlib
 import pathlib
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from semseg_suite.data import folders
-from semseg_suite.data.core import SPLITS, DatasetError, DatasetInfo, check_pairs, pair_files, read_class_table
+from semseg_suite.data.core import SPLITS, DatasetError, DatasetInfo, convert_once, pair_files, read_class_table
 
 SIGNATURE = "--images DIR --masks DIR (pairs by file stem) [--classes FILE]"
 OPTIONS = ("images", "masks", "classes", "val_fraction")
@@ -35,7 +38,9 @@ def detect(root) -> bool:
 
 
 def load(options) -> DatasetInfo:
-    """Pairs, splits and checks the images and masks of `options`.
+    """Pairs and splits the images and masks of `options` and finds the mask encoding.
+
+    `formats.open_dataset` then checks the files.
 
     Args:
         options: `formats.DatasetOptions` with images, masks, maybe classes,
@@ -43,11 +48,13 @@ def load(options) -> DatasetInfo:
 
     Returns:
         The dataset's `DatasetInfo` (layout ``"folders"``); its options hold the
-        folders as absolute paths.
+        folders as absolute paths. The label paths of 16-bit masks point to their
+        8-bit copies.
 
     Raises:
         DatasetError: a folder is missing, masks are unpaired or of mixed modes,
-            RGB masks come without --classes, or a mask value is invalid.
+            RGB masks come without --classes, or a 16-bit mask holds a value
+            above 255.
     """
     images, masks = (pathlib.Path(path).expanduser().absolute() for path in (options.images, options.masks))
     for folder in (images, masks):
@@ -69,6 +76,12 @@ def load(options) -> DatasetInfo:
     names, colors = read_class_table(csv_path) if csv_path else (None, None)
     all_masks = [label for split_pairs in splits.values() for _, label in split_pairs]
     mode, largest, values, palette = _survey(all_masks)
+    if mode == "I;16":
+        cache = convert_once("masks16", masks, all_masks, lambda tmp: _to_8_bit(masks, all_masks, tmp))
+        splits = {split: tuple((image, str(cache / pathlib.Path(label).relative_to(masks)))
+                               for image, label in split_pairs) for split, split_pairs in splits.items()}
+        notes.append(f"16-bit masks converted to 8-bit copies in {cache}")
+        mode = "L"
     table = csv_path.name if csv_path else "the mask values"
     ignored = None
     if mode == "P":
@@ -80,17 +93,17 @@ def load(options) -> DatasetInfo:
         colors = palette_colors
         notes.append(f"palette masks: class i = palette colour i ({count} classes)")
         table = f"the palette colours of {csv_path.name if csv_path else 'the masks'}"
-    elif mode in ("L", "I;16") and values <= {0, 255} and (names is None or len(names) == 2):
+    elif mode == "L" and values <= {0, 255} and (names is None or len(names) == 2):
         encoding = "binary"
         names = names or ["background", "foreground"]
         colors = colors or [(0, 0, 0), (255, 255, 255)]
         notes.append("binary masks: 0 -> background (0), 255 -> foreground (1); 255 is not ignored")
-    elif mode in ("L", "I;16"):
+    elif mode == "L":
         encoding = "index"
         if names is None:
             names = [f"class_{index}" for index in range(max(v for v in values if v != 255) + 1)] or ["class_0"]
             colors = [_colour(index) for index in range(len(names))]
-        notes.append(f"index masks ({mode})")
+        notes.append("index masks")
     elif mode == "RGB":
         if names is None:
             raise DatasetError(f"{masks}: RGB masks need --classes (a name,r,g,b CSV of their colours)")
@@ -98,8 +111,6 @@ def load(options) -> DatasetInfo:
         notes.append("RGB masks: colours looked up in the class table")
     else:
         raise DatasetError(f"{all_masks[0]}: mask mode {mode} not supported (P, L, I;16 or RGB)")
-    if mode == "I;16":  # TODO: convert to 8-bit copies; the pipelines read 8-bit masks only
-        raise DatasetError(f"{all_masks[0]}: 16-bit masks are not supported yet; save them as 8-bit (mode L)")
     if encoding == "binary":
         trainable, ignored = [0, 1], 255 if options.ignore_class is None else options.ignore_class
         label_map = ((0, 0), (255, 1))
@@ -110,7 +121,7 @@ def load(options) -> DatasetInfo:
         label_map = folders.label_map(encoding, colors, trainable, ignored)
     if not names:
         raise DatasetError(f"{masks}: no classes")
-    info = DatasetInfo(
+    return DatasetInfo(
         root=images,
         layout="folders",
         class_names=tuple(names[row] for row in trainable),
@@ -125,8 +136,6 @@ def load(options) -> DatasetInfo:
         options={"images": str(images), "masks": str(masks), **({"classes": str(csv_path)} if csv_path else {})},
         notes=tuple(notes),
     )
-    check_pairs(info, options.check_labels)
-    return info
 
 
 def _in_val(image_path, fraction):
@@ -147,10 +156,11 @@ def _survey(paths):
                     palette = image.getpalette() or []
         except OSError:
             raise DatasetError(f"{path}: not a readable image") from None
-        if this == "I;16" or (this == "I" and array.max(initial=0) < 256):
+        if this in ("I;16", "I"):
             this = "I;16"
             if array.max(initial=0) > 255:
-                raise DatasetError(f"{path}: 16-bit mask with values above 255")
+                raise DatasetError(f"{path}: 16-bit mask value {array.max()} does not fit the suite's 8-bit labels "
+                                   "(ids 0..254, 255 ignored)")
         if mode is None:
             mode = this
         elif this != mode:
@@ -159,6 +169,14 @@ def _survey(paths):
             values.update(int(v) for v in np.unique(array))
             largest = max(largest, int(array.max(initial=0)))
     return mode, largest, values, palette
+
+
+def _to_8_bit(masks, paths, out):
+    """Writes 8-bit copies of 16-bit masks (values already checked) under `out`, as laid out under `masks`."""
+    for path in paths:
+        copy = out / pathlib.Path(path).relative_to(masks)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(copy), cv2.imread(path, cv2.IMREAD_UNCHANGED).astype(np.uint8))
 
 
 def _colour(index):

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from semseg_suite.data import folders
-from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo, check_pairs, pair_files, read_class_table
+from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo, cache_root, pair_files, read_class_table
 
 SIGNATURE = "tfds:NAME[:CONFIG] (a TFDS dataset with an image and a mask feature)"
 OPTIONS = ("classes", "tfds_image_key", "tfds_mask_key", "tfds_data_dir")
@@ -71,7 +71,7 @@ def load(name_and_config, options) -> DatasetInfo:
     except Exception as error:  # noqa: BLE001 - TFDS raises many kinds
         raise DatasetError(f"{spec}: cannot make the TFDS builder ({_first_line(error)}); {how}") from None
     image_key, mask_key = _feature_keys(spec, builder.info.features, options)
-    cache = _cache_root() / "tfds" / name / (config or builder.info.config_name or "default") / str(
+    cache = cache_root() / "tfds" / name / (config or builder.info.config_name or "default") / str(
         builder.info.version
     )
     if not (cache / _META).is_file():
@@ -81,18 +81,12 @@ def load(name_and_config, options) -> DatasetInfo:
             raise DatasetError(f"{spec}: not prepared and cannot download ({_first_line(error)}); {how}") from None
         _materialise(builder, image_key, mask_key, cache)
     meta = json.loads((cache / _META).read_text())
-    info = _info(spec, cache, meta, builder.info.features[mask_key], options)
-    check_pairs(info, options.check_labels)
-    return info
+    return _info(spec, cache, meta, builder.info.features[mask_key], options)
 
 
 def _first_line(error):
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def _cache_root():
-    return pathlib.Path(os.environ.get("SEMSEG_SUITE_CACHE") or "~/.cache/semseg_suite").expanduser().absolute()
 
 
 def _feature_keys(spec, features, options):

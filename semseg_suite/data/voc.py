@@ -8,9 +8,15 @@ and map back to class ids by colour, index 255 (the object borders, colour
 conversion) read through the same table as grey triples (v, v, v): no class colour of
 the map is grey except background (0, 0, 0) and car (128, 128, 128), whose grey values
 0 and 128 are not other classes' ids, so the two encodings cannot be confused.
+
+``sbd=DIR`` adds the SBD augmented set to the train split (`semseg_suite.data.sbd`);
+its masks are 1-channel index PNGs, read as above.
 """
 
-from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo, check_pairs
+import pathlib
+
+from semseg_suite.data import sbd
+from semseg_suite.data.core import IGNORE_INDEX, DatasetError, DatasetInfo
 
 SIGNATURE = "JPEGImages/ SegmentationClass/ ImageSets/Segmentation/ (VOC2012)"
 OPTIONS = ("sbd",)
@@ -47,11 +53,9 @@ def detect(root) -> bool:
 
 
 def load(root, options) -> DatasetInfo:
-    """Reads a VOC 2012 tree (see the module doc)."""
+    """Reads a VOC 2012 tree, with SBD added to train if ``options.sbd`` (see the module doc)."""
     if options.ignore_class is not None:
         raise DatasetError(f"{root}: VOC ignores its 255 object borders; no --ignore-class")
-    if options.sbd is not None:
-        raise DatasetError(f"{options.sbd}: the SBD augmented set is not supported yet; train on VOC alone")
     tree = _tree(root)
     lists = tree / "ImageSets" / "Segmentation"
     splits = {
@@ -59,13 +63,20 @@ def load(root, options) -> DatasetInfo:
     }
     if "train" not in splits:
         raise DatasetError(f"{lists / 'train.txt'}: missing train list")
+    notes = ["palette PNG labels read by colour; index 255 (object borders) ignored"]
+    reopen = {}
+    if options.sbd is not None:
+        sbd_dir = pathlib.Path(options.sbd).expanduser().absolute()
+        splits["train"], note = sbd.train_aug(tree, sbd_dir, splits)
+        notes.append(note)
+        reopen["sbd"] = str(sbd_dir)
     colours = colour_map()
     keys = {}
     for value in (*range(len(CLASS_NAMES)), IGNORE_INDEX):
         train_id = value if value < len(CLASS_NAMES) else IGNORE_INDEX
         for r, g, b in (colours[value], (value, value, value)):
             keys[r << 16 | g << 8 | b] = train_id  # never collide: see the module doc and its test
-    info = DatasetInfo(
+    return DatasetInfo(
         root=tree,
         layout="voc",
         class_names=CLASS_NAMES,
@@ -77,10 +88,9 @@ def load(root, options) -> DatasetInfo:
         label_encoding="colour",
         class_table="the VOC colour map (or index values 0..20, 255)",
         spec=str(tree),
-        notes=("palette PNG labels read by colour; index 255 (object borders) ignored",),
+        options=reopen,
+        notes=tuple(notes),
     )
-    check_pairs(info, options.check_labels)
-    return info
 
 
 def _pairs(tree, list_file):
