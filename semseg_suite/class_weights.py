@@ -18,13 +18,12 @@ carries it), and if it does appear (other labels, another split) it is treated a
 the rarest class rather than switched off.
 """
 
-import concurrent.futures
 import dataclasses
 import pathlib
 
 import numpy as np
 
-from semseg_suite.data import IGNORE_INDEX, DatasetInfo, decode_label_file
+from semseg_suite.data import DatasetInfo, statistics
 
 ENET_CONSTANT = 1.02  # ENet's c: caps weights at 1 / ln(1.02) = 50.5
 
@@ -55,6 +54,9 @@ class PixelStatistics:
 def pixel_statistics(info: DatasetInfo, split: str = "train") -> PixelStatistics:
     """Counts the pixels of every class in every label of a split.
 
+    The counts are cached beside the dataset, keyed by its files
+    (`semseg_suite.data.statistics`): the second run on unchanged files reads none.
+
     Args:
         info: the dataset.
         split: the split whose labels are read.
@@ -68,19 +70,8 @@ def pixel_statistics(info: DatasetInfo, split: str = "train") -> PixelStatistics
     """
     if split not in info.splits:
         raise ClassWeightsError(f"{info.root}: no {split!r} split (found {', '.join(info.splits)})")
-
-    def count(pair):
-        label = decode_label_file(info, pair[1])
-        # ids are 0..C-1 or IGNORE_INDEX (> C-1): count all, keep the classes.
-        return np.bincount(label.ravel(), minlength=IGNORE_INDEX + 1)[: info.num_classes]
-
-    with concurrent.futures.ThreadPoolExecutor() as pool:
-        per_image = np.array(list(pool.map(count, info.splits[split])), dtype=np.int64)
-    image_totals = per_image.sum(axis=1, keepdims=True)
-    return PixelStatistics(
-        class_pixels=per_image.sum(axis=0),
-        image_pixels=np.sum(np.where(per_image > 0, image_totals, 0), axis=0),
-    )
+    stats = statistics.split_statistics(info, split)
+    return PixelStatistics(class_pixels=stats.class_pixels, image_pixels=stats.image_pixels)
 
 
 def median_frequency(stats: PixelStatistics) -> np.ndarray:

@@ -18,6 +18,15 @@ def restore_suite_logger():
     logger.handlers[:], logger.level, logger.propagate = state
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_stats_dir(tmp_path_factory):
+    """Dataset statistics go to a temporary folder, never beside a dataset the tests
+    read (`semseg_suite.data.statistics`); scripts the tests run inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEMSEG_SUITE_STATS_DIR", str(tmp_path_factory.mktemp("stats")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """A synthetic colour-label dataset folder: 4 train, 2 val, 2 test images of 64 px."""
