@@ -95,3 +95,40 @@ def float_in(low: float, high: float, low_open: bool = False, high_open: bool = 
     return _number_type(
         float, "a number", lambda v: (low < v if low_open else low <= v) and (v < high if high_open else v <= high), rule
     )
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """``--scales 0.75,1,1.25``: positive factors, comma-separated."""
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not scales or not all(0 < scale <= 8 for scale in scales):
+        raise argparse.ArgumentTypeError(f"scales must be in (0, 8], got {text}")
+    return scales
+
+
+def add_inference_arguments(group) -> None:
+    """``--tile/--overlap/--scales/--flip``: how test.py, predict.py and exported models infer."""
+    group.add_argument("--tile", type=positive_int, metavar="PIXELS",
+                       help="sliding window: square tiles of this side, blended where they overlap "
+                            "(default: the whole image at once)")
+    group.add_argument("--overlap", type=non_negative_int, default=None, metavar="PIXELS",
+                       help="sliding window: pixels shared by neighbouring tiles (default: a quarter of --tile)")
+    group.add_argument("--scales", type=scale_list, default=(1.0,), metavar="S1,S2,...",
+                       help="multi-scale inference: softmax averaged over these input scales (default: 1)")
+    group.add_argument("--flip", action="store_true",
+                       help="also average the horizontally flipped image's softmax (default: off)")
+
+
+def inference_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The inference flags as `semseg_suite.tiling.InferenceOptions` fields.
+
+    Refuses (``parser.error``) an --overlap without --tile or not below it.
+    """
+    if args.overlap is not None and args.tile is None:
+        parser.error("--overlap needs --tile")
+    overlap = args.overlap if args.overlap is not None else (args.tile // 4 if args.tile else 0)
+    if args.tile is not None and overlap >= args.tile:
+        parser.error(f"--overlap {overlap} must be smaller than --tile {args.tile}")
+    return {"tile": args.tile, "overlap": overlap, "scales": tuple(args.scales), "flip": bool(args.flip)}
