@@ -407,6 +407,24 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         return {**super().get_config(), "bins": self.bins}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AdaptiveMaxPooling2D(AdaptiveAveragePooling2D):
+    """Max pooling to a fixed ``bins x bins`` grid, for any input size.
+
+    The bins are `AdaptiveAveragePooling2D`'s (PyTorch's ``AdaptiveMaxPool2d``
+    rule). A rectangle's maximum is the maximum of its rows' maxima, so each axis is
+    reduced once per bin: ``2 * bins`` reductions. (``keras.layers.AdaptiveMaxPooling2D``
+    is not used: on TensorFlow 2.21 it crashes the process with a floating point
+    exception for some sizes, e.g. a 6x8 map into 4x4 bins.)
+    """
+
+    def call(self, x):
+        row_start, row_end = self._edges(ops.shape(x)[1])
+        col_start, col_end = self._edges(ops.shape(x)[2])
+        rows = ops.stack([ops.max(x[:, row_start[i]:row_end[i]], axis=1) for i in range(self.bins)], axis=1)
+        return ops.stack([ops.max(rows[:, :, col_start[j]:col_end[j]], axis=2) for j in range(self.bins)], axis=2)
+
+
 def conv2d(filters: int, kernel_size: int, *, rate: int = 1, strides: int = 1, name: str, use_bias=False):
     """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
     cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from semseg_suite.flops import count_flops
-from semseg_suite.layers import AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D
+from semseg_suite.layers import AdaptiveAveragePooling2D, AdaptiveMaxPooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 
 def numpy_pool_and_unpool(x, k):
@@ -98,15 +98,15 @@ def test_flops_need_static_shapes():
         count_flops(model)
 
 
-def numpy_adaptive_average(x, bins):
-    """PyTorch's AdaptiveAvgPool2d rule, by loops."""
+def numpy_adaptive_pool(x, bins, reduce=np.mean):
+    """PyTorch's AdaptiveAvgPool2d rule (AdaptiveMaxPool2d with ``reduce=np.max``), by loops."""
     height, width = x.shape[1:3]
     out = np.zeros((x.shape[0], bins, bins, x.shape[3]))
     for i in range(bins):
         rows = slice(i * height // bins, -(-(i + 1) * height // bins))
         for j in range(bins):
             cols = slice(j * width // bins, -(-(j + 1) * width // bins))
-            out[:, i, j] = x[:, rows, cols].mean(axis=(1, 2))
+            out[:, i, j] = reduce(x[:, rows, cols], axis=(1, 2))
     return out
 
 
@@ -115,7 +115,15 @@ def numpy_adaptive_average(x, bins):
 def test_adaptive_average_pooling_matches_numpy(shape, bins):
     x = np.random.default_rng(bins).normal(size=shape).astype("float32")
     got = np.asarray(AdaptiveAveragePooling2D(bins)(x))
-    np.testing.assert_allclose(got, numpy_adaptive_average(x, bins), atol=1e-5)
+    np.testing.assert_allclose(got, numpy_adaptive_pool(x, bins), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (1, 3, 2, 2), (1, 61, 60, 4)])
+@pytest.mark.parametrize("bins", [1, 2, 4])
+def test_adaptive_max_pooling_matches_numpy_at_any_run_time_size(shape, bins):
+    pool = tf.function(AdaptiveMaxPooling2D(bins), input_signature=[tf.TensorSpec([None, None, None, shape[3]])])
+    x = np.random.default_rng(bins).normal(size=shape).astype("float32")
+    np.testing.assert_array_equal(np.asarray(pool(x)), numpy_adaptive_pool(x, bins, reduce=np.max))
 
 
 def test_adaptive_average_pooling_takes_sizes_known_only_at_run_time():
@@ -123,7 +131,7 @@ def test_adaptive_average_pooling_takes_sizes_known_only_at_run_time():
         AdaptiveAveragePooling2D(6), input_signature=[tf.TensorSpec([None, None, None, 3])]
     )
     x = np.random.default_rng(0).normal(size=(1, 9, 10, 3)).astype("float32")
-    np.testing.assert_allclose(np.asarray(pool(x)), numpy_adaptive_average(x, 6), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pool(x)), numpy_adaptive_pool(x, 6), atol=1e-5)
 
 
 def test_flops_count_each_call_in_the_model_and_only_those():
