@@ -425,6 +425,58 @@ class AdaptiveMaxPooling2D(AdaptiveAveragePooling2D):
         return ops.stack([ops.max(rows[:, :, col_start[j]:col_end[j]], axis=2) for j in range(self.bins)], axis=2)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Encoding(keras.layers.Layer):
+    """EncNet's encoding layer (Zhang et al. 2018, Sec. 3.1): K codewords with learned smoothing.
+
+    For features ``x_i`` (the N = H x W positions of ``(B, H, W, D)``), codewords
+    ``c_k`` and smoothing factors ``s_k``: residuals ``r_ik = x_i - c_k``, soft
+    assignments ``a_ik = softmax_k(-s_k ||r_ik||^2)`` and ``e_k = sum_i a_ik r_ik``.
+    Returns ``(B, K, D)``. Computed as ``A^T X - (sum_i a_ik) c_k`` with the squared
+    distances expanded (``||x||^2 - 2 x.c + ||c||^2``), so no ``(N, K, D)`` tensor is
+    formed. Initialised as the authors' code does: codewords uniform in
+    ``+-1/sqrt(K D)``, smoothing factors uniform in (0, 1) (their code stores -s).
+
+    Args:
+        codewords: K (32 in the paper).
+    """
+
+    def __init__(self, codewords: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.codewords = int(codewords)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        limit = 1.0 / (self.codewords * channels) ** 0.5
+        self.centers = self.add_weight(
+            name="codewords", shape=(self.codewords, channels),
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+        )
+        self.smoothing = self.add_weight(
+            name="smoothing", shape=(self.codewords,), initializer=keras.initializers.RandomUniform(0.0, 1.0)
+        )
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        batch, channels = ops.shape(x)[0], ops.shape(x)[-1]
+        flat = ops.reshape(x, (batch, -1, channels))  # (B, N, D)
+        centers = ops.cast(self.centers, "float32")
+        distances = (
+            ops.sum(ops.square(flat), axis=-1, keepdims=True)
+            - 2.0 * ops.einsum("bnd,kd->bnk", flat, centers)
+            + ops.sum(ops.square(centers), axis=-1)[None, None, :]
+        )
+        assignment = ops.softmax(-ops.cast(self.smoothing, "float32") * distances, axis=-1)  # (B, N, K)
+        weighted = ops.einsum("bnk,bnd->bkd", assignment, flat)
+        return weighted - ops.sum(assignment, axis=1)[:, :, None] * centers[None]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.codewords, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "codewords": self.codewords}
+
+
 def conv2d(filters: int, kernel_size: int, *, rate: int = 1, strides: int = 1, name: str, use_bias=False):
     """A same-padded convolution, dilated through ``AtrousConv2D`` when ``rate > 1``."""
     cls = AtrousConv2D if rate > 1 else keras.layers.Conv2D

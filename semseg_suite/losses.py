@@ -456,24 +456,56 @@ def weighted_heads_loss(loss, labels, outputs, loss_weights, denominators) -> tf
     Args:
         loss: a `SegmentationLoss`.
         labels: int labels (B, H, W) or (B, H, W, 1).
-        outputs: logits (B, H, W, C), or a dict of them keyed by output name
-            (main ``"logits"`` plus auxiliary heads).
+        outputs: logits (B, H, W, C), or a dict of outputs keyed by name (main
+            ``"logits"`` plus auxiliary heads). A (B, H, W, C) output takes `loss`;
+            a (B, C) output is a class-presence head and takes `presence_loss`
+            (EncNet's semantic-encoding loss).
         loss_weights: output name -> weight; a missing name weighs 1. Unused for
             a single tensor.
         denominators: ``loss.denominators(labels, C)``, possibly summed over
-            replicas; every output shares them (all have the labels' size).
+            replicas; every per-pixel output shares them (all have the labels' size).
 
     Returns:
-        float32 scalar ``sum_h w_h * loss.combine(loss.numerators(labels,
-        outputs[h]), denominators)``.
+        float32 scalar ``sum_h w_h * loss_h``.
     """
     if not isinstance(outputs, dict):
         return loss.combine(loss.numerators(labels, outputs), denominators)
-    return tf.add_n([
-        float(loss_weights.get(name, 1.0))
-        * loss.combine(loss.numerators(labels, logits), denominators)
-        for name, logits in outputs.items()
-    ])
+
+    def head_loss(logits):
+        if len(logits.shape) == 2:
+            return presence_loss(labels, logits, ignore_index=loss.ignore_index)
+        return loss.combine(loss.numerators(labels, logits), denominators)
+
+    return tf.add_n([float(loss_weights.get(name, 1.0)) * head_loss(logits) for name, logits in outputs.items()])
+
+
+def class_presence(labels, num_classes, ignore_index=IGNORE_INDEX) -> tf.Tensor:
+    """float32 (B, C): 1 where class c has at least one valid pixel in image b.
+
+    The targets of EncNet's semantic-encoding loss, computed from the label map in
+    the training step.
+    """
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 4:
+        labels = labels[..., 0]
+    labels = tf.cast(labels, tf.int32)
+    valid = valid_pixels(labels, num_classes, ignore_index)
+    return tf.reduce_max(tf.one_hot(tf.where(valid, labels, -1), num_classes), axis=[1, 2])
+
+
+def presence_loss(labels, logits, ignore_index=IGNORE_INDEX) -> tf.Tensor:
+    """EncNet's semantic-encoding loss (Zhang et al. 2018, Sec. 3.2).
+
+    Binary cross-entropy of ``sigmoid(logits)`` (B, C) against `class_presence`,
+    the mean over the classes and the global batch: each replica divides its sum by
+    its batch times the replicas in sync (tf.distribute splits a batch evenly).
+    """
+    logits = tf.cast(logits, tf.float32)
+    targets = class_presence(labels, logits.shape[-1], ignore_index)
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    count = tf.cast(tf.size(logits), tf.float32) * replicas
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits)) / count
 
 
 def _parse_spec(spec):

@@ -108,8 +108,10 @@ def test_models_with_auxiliary_heads(model_name):
     x = np.random.default_rng(3).normal(size=(1, 64, 96, 3)).astype("float32")
     outputs = trained(x, training=False)
     assert set(outputs) == set(weights)
-    for logits in outputs.values():
-        assert tuple(logits.shape) == (1, 64, 96, 3) and logits.dtype == "float32"
+    for name, logits in outputs.items():
+        # per-pixel heads at the input's size; a (B, C) head is a class-presence one (EncNet's "se")
+        expected = (1, 3) if name == "se" else (1, 64, 96, 3)
+        assert tuple(logits.shape) == expected and logits.dtype == "float32", name
     served = export.inference_model(trained)
     np.testing.assert_allclose(np.asarray(served(x)), np.asarray(outputs["logits"]), atol=1e-5)
     assert not isinstance(semseg_suite.build_model(model_name, light_frontend(model_name), num_classes=3).output, dict)
