@@ -459,7 +459,8 @@ def weighted_heads_loss(loss, labels, outputs, loss_weights, denominators) -> tf
         outputs: logits (B, H, W, C), or a dict of outputs keyed by name (main
             ``"logits"`` plus auxiliary heads). A (B, H, W, C) output takes `loss`;
             a (B, C) output is a class-presence head and takes `presence_loss`
-            (EncNet's semantic-encoding loss).
+            (EncNet's semantic-encoding loss); a (B, H, W, 1) output is a border
+            head and takes `border_focal_loss` (DFN's border network).
         loss_weights: output name -> weight; a missing name weighs 1. Unused for
             a single tensor.
         denominators: ``loss.denominators(labels, C)``, possibly summed over
@@ -471,9 +472,13 @@ def weighted_heads_loss(loss, labels, outputs, loss_weights, denominators) -> tf
     if not isinstance(outputs, dict):
         return loss.combine(loss.numerators(labels, outputs), denominators)
 
+    num_classes = outputs["logits"].shape[-1]
+
     def head_loss(logits):
         if len(logits.shape) == 2:
             return presence_loss(labels, logits, ignore_index=loss.ignore_index)
+        if logits.shape[-1] == 1:
+            return border_focal_loss(labels, logits, num_classes, ignore_index=loss.ignore_index)
         return loss.combine(loss.numerators(labels, logits), denominators)
 
     return tf.add_n([float(loss_weights.get(name, 1.0)) * head_loss(logits) for name, logits in outputs.items()])
@@ -506,6 +511,58 @@ def presence_loss(labels, logits, ignore_index=IGNORE_INDEX) -> tf.Tensor:
     replicas = context.num_replicas_in_sync if context is not None else 1
     count = tf.cast(tf.size(logits), tf.float32) * replicas
     return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits)) / count
+
+
+BORDER_DILATION = 7  # DFN's border targets: label edges dilated by a 7x7 square (the authors' code)
+
+
+def boundary_targets(labels, num_classes, ignore_index=IGNORE_INDEX, dilation=BORDER_DILATION):
+    """DFN's border targets: the label map's semantic edges, dilated.
+
+    A pixel is an edge if its class differs from its left or upper neighbour's
+    (void counted as class 0, as the authors do before their Canny filter); the
+    edge map is dilated by a ``dilation x dilation`` square.
+
+    Returns:
+        ``(targets, valid)``: float32 (B, H, W) in {0, 1}, and bool (B, H, W), the
+        non-void pixels, the only ones the loss counts.
+    """
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 4:
+        labels = labels[..., 0]
+    labels = tf.cast(labels, tf.int32)
+    valid = valid_pixels(labels, num_classes, ignore_index)
+    classes = tf.where(valid, labels, 0)
+    left = tf.pad(classes[:, :, :-1], [[0, 0], [0, 0], [1, 0]], mode="SYMMETRIC")
+    up = tf.pad(classes[:, :-1, :], [[0, 0], [1, 0], [0, 0]], mode="SYMMETRIC")
+    edges = tf.cast(tf.logical_or(classes != left, classes != up), tf.float32)
+    dilated = tf.nn.max_pool2d(edges[..., tf.newaxis], dilation, 1, "SAME")[..., 0]
+    return dilated, valid
+
+
+def border_focal_loss(labels, logits, num_classes, ignore_index=IGNORE_INDEX, gamma=2.0, alpha=0.25) -> tf.Tensor:
+    """Sigmoid focal loss (Lin et al. 2017) of a border map against `boundary_targets`.
+
+    ``-alpha_t (1 - p_t)^gamma log(p_t)`` per valid pixel, the mean over the valid
+    pixels: each replica divides its sum by its own count times the replicas in
+    sync, which is the global mean when replicas hold as many valid pixels.
+
+    Args:
+        labels: int labels (B, H, W) or (B, H, W, 1).
+        logits: (B, H, W, 1) border logits.
+        num_classes: the classes of the labels (for what is void).
+        gamma, alpha: the focal loss's focusing and balance (2 and 0.25, as DFN's authors).
+    """
+    logits = tf.cast(logits, tf.float32)[..., 0]
+    targets, valid = boundary_targets(labels, num_classes, ignore_index)
+    probs = tf.sigmoid(logits)
+    p_t = targets * probs + (1 - targets) * (1 - probs)
+    alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
+    focal = alpha_t * (1 - p_t) ** gamma * tf.nn.sigmoid_cross_entropy_with_logits(targets, logits)
+    valid = tf.cast(valid, tf.float32)
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    return tf.reduce_sum(focal * valid) / (tf.maximum(tf.reduce_sum(valid), 1.0) * replicas)
 
 
 def _parse_spec(spec):

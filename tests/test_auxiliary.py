@@ -109,8 +109,9 @@ def test_models_with_auxiliary_heads(model_name):
     outputs = trained(x, training=False)
     assert set(outputs) == set(weights)
     for name, logits in outputs.items():
-        # per-pixel heads at the input's size; a (B, C) head is a class-presence one (EncNet's "se")
-        expected = (1, 3) if name == "se" else (1, 64, 96, 3)
+        # per-pixel heads at the input's size; a (B, C) head is a class-presence one (EncNet's "se"),
+        # a 1-channel one a border map (DFN's border network)
+        expected = (1, 3) if name == "se" else (1, 64, 96, 1) if name.startswith("border") else (1, 64, 96, 3)
         assert tuple(logits.shape) == expected and logits.dtype == "float32", name
     served = export.inference_model(trained)
     np.testing.assert_allclose(np.asarray(served(x)), np.asarray(outputs["logits"]), atol=1e-5)
