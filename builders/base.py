@@ -17,7 +17,10 @@ ResNet), it is called as above when the user names one.
 Auxiliary heads (deep supervision, e.g. PSPNet's on the stride-16 stage): such a
 builder returns a *training* model whose output is a dict
 ``{"logits": main, "<aux name>": aux, ...}``, every entry float32 logits at the
-input's size, and registers each auxiliary output's loss weight from its paper
+input's size (or, for heads trained on targets the training step derives from the
+label map, (B, C) class-presence logits, EncNet's "se", or a (B, H, W, 1) border
+map, DFN's; see `semseg_suite.losses.weighted_heads_loss`), and registers each
+auxiliary output's loss weight from its paper
 (``register(..., aux_loss_weights={"aux": 0.4})``; the main output weighs 1). The
 training loop adds the weighted losses; ``build_model`` returns the inference model
 (main logits only, ``semseg_suite.export.inference_model``) unless asked for
