@@ -18,6 +18,7 @@ from frontends.base import (
     endpoint_name,
     keras_cache_dir,
 )
+from frontends import convnext, efficientnet, efficientnet_v2, inception, mobilenet_v3, resnet_v2
 from frontends.densenet import build_densenet
 from frontends.mobilenet import build_mobilenet_v2
 from frontends.resnet import build_resnet
@@ -40,6 +41,18 @@ for _depth in ("ResNet18", "ResNet34"):
     FRONTENDS.add(_depth, FrontendSpec(_depth, functools.partial(build_resnet_basic, _depth), "torch"))
 for _depth in ("DenseNet121", "DenseNet161", "DenseNet169", "DenseNet201"):
     FRONTENDS.add(_depth, FrontendSpec(_depth, functools.partial(build_densenet, _depth), "torch"))
+for _variant, _build in mobilenet_v3.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "tf"))  # in-graph [-1, 1] rescaling dropped
+for _variant, _build in efficientnet.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "torch"))  # in-graph normalisation stripped
+for _variant, _build in efficientnet_v2.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, efficientnet_v2.PREPROCESSING[_variant]))
+for _variant, _build in resnet_v2.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "tf"))
+for _variant, _build in inception.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "tf"))
+for _variant, _build in convnext.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "torch"))  # in-graph normalisation dropped
 
 def build_frontend(
     name: str,

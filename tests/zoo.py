@@ -4,7 +4,12 @@ import semseg_suite
 
 # Deep frontends are built once per model by the registry-wide shape and round-trip
 # test; tests of a model's own layers (auxiliary heads) build it on a lighter one.
-BIG_FRONTENDS = {"ResNet101", "ResNet152", "DenseNet161", "DenseNet169", "DenseNet201"}
+BIG_FRONTENDS = {
+    "ResNet101", "ResNet152", "DenseNet161", "DenseNet169", "DenseNet201",
+    "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "EfficientNetV2M", "EfficientNetV2L",
+    "ResNet101V2", "ResNet152V2", "InceptionResNetV2",
+    "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge",
+}
 
 
 def light_frontend(model_name: str) -> str | None:
