@@ -8,6 +8,8 @@ functions over the functional API that name their layers ``{block}_{op}``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from typing import Sequence
@@ -151,6 +153,26 @@ def _dilated_conv2d_portable_gradient(inputs, kernel, rates, padding):
     return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
 
 
+_EXPLICIT_PADDING = contextvars.ContextVar("semseg_suite_explicit_padding", default=False)
+
+
+@contextlib.contextmanager
+def explicit_same_padding():
+    """Within it, dilated SAME convolutions are traced with explicit padding.
+
+    For export to ONNX: tf2onnx turns a dilated SAME convolution of unknown input
+    size into ``auto_pad=SAME_UPPER``, which ONNX Runtime refuses with dilation.
+    Explicit pads (the same numbers at stride 1) convert to a plain ``pads``
+    attribute. Forward only: TensorFlow's CPU kernels have no gradient for
+    explicitly padded dilated convolutions, so training never uses it.
+    """
+    token = _EXPLICIT_PADDING.set(True)
+    try:
+        yield
+    finally:
+        _EXPLICIT_PADDING.reset(token)
+
+
 def dilated_conv2d(inputs, kernel, rates, padding: str = "SAME"):
     """``tf.nn.conv2d(inputs, kernel, dilations=rates)`` at stride 1 (NHWC), with a
     gradient that exists on the device it runs on (``atrous_gradient_path``).
@@ -165,6 +187,10 @@ def dilated_conv2d(inputs, kernel, rates, padding: str = "SAME"):
     import tensorflow as tf
 
     rates = (rates, rates) if isinstance(rates, int) else tuple(rates)
+    if padding == "SAME" and max(rates) > 1 and _EXPLICIT_PADDING.get():
+        (top, bottom), (left, right) = (_same_padding(int(kernel.shape[i]), rates[i]) for i in (0, 1))
+        return tf.nn.conv2d(inputs, kernel, strides=1, padding=[[0, 0], [top, bottom], [left, right], [0, 0]],
+                            dilations=list(rates))
     if max(rates) > 1:  # rate 1 has gradient kernels everywhere
         path = atrous_gradient_path(inputs.device)
         _log_path_once(path)
@@ -266,15 +292,21 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
         k = self.pool_size
         batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
         channels = x.shape[-1]
-        pad_h, pad_w = (-height) % k, (-width) % k
+        pad_h, pad_w = (k - height % k) % k, (k - width % k) % k  # not (-h) % k: ONNX Mod of negatives differs
         lowest = -65504.0 if keras.backend.standardize_dtype(x.dtype) == "float16" else -3.0e38
         x = ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], constant_values=lowest)
         rows, cols = (height + pad_h) // k, (width + pad_w) // k
         windows = ops.reshape(x, (batch, rows, k, cols, k, channels))
         windows = ops.transpose(windows, (0, 1, 3, 5, 2, 4))
         windows = ops.reshape(windows, (batch, rows, cols, channels, k * k))
-        indices = ops.cast(ops.argmax(windows, axis=-1), "int32")
         pooled = ops.max(windows, axis=-1)
+        # The first position holding the max, from max reductions only: ``ops.argmax``
+        # of floats lowers to Bitcast and BitwiseAnd on TensorFlow, which TFLite and
+        # ONNX Runtime cannot run, and this layer must export (ENet, SegNet).
+        window = k * k
+        is_max = ops.cast(ops.equal(windows, ops.expand_dims(pooled, -1)), "int32")
+        countdown = ops.arange(window, 0, -1, dtype="int32")  # window - position
+        indices = window - ops.max(is_max * countdown, axis=-1)
         return pooled, indices
 
     def compute_output_shape(self, input_shape):

@@ -125,7 +125,8 @@ def _sliding_window(logits_fn, images, tile, overlap):
     tile_h, tile_w = tf.minimum(height, tile), tf.minimum(width, tile)
     starts_y, starts_x = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     count_x = tf.size(starts_x)
-    weight = (_ramp(tile_h, overlap)[:, tf.newaxis] * _ramp(tile_w, overlap)[tf.newaxis, :])[tf.newaxis, :, :, tf.newaxis]
+    # an outer product reshaped to (1, h, w, 1): TFLite has no kernel for new axes on dynamic tensors
+    weight = tf.reshape(tf.reshape(_ramp(tile_h, overlap), [-1, 1]) * _ramp(tile_w, overlap), [1, tile_h, tile_w, 1])
 
     def place(index):
         """The weighted softmax of tile `index`, and its weight, padded to the image."""

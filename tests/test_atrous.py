@@ -261,3 +261,15 @@ def test_portable_gradient_uses_no_dilated_backprop_kernel(monkeypatch, caplog):
     assert dilated_backprop == []
     assert any(op.type == "Conv2D" and max(op.get_attr("dilations")) > 1 for op in ops)
     assert sum("AtrousConv2D: CPU without oneDNN" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("kernel_size, rate", [(3, 2), (3, 12), (5, 3)])
+def test_explicit_same_padding_for_export_gives_the_same_outputs(kernel_size, rate):
+    conv = AtrousConv2D(4, kernel_size, padding="same", dilation_rate=rate)
+    x = np.random.default_rng(rate).normal(size=(1, 17, 23, 3)).astype("float32")
+    expected = np.asarray(conv(x))
+    with layers.explicit_same_padding():
+        traced = tf.function(lambda t: conv(t), input_signature=[tf.TensorSpec((None, None, None, 3))])
+        padded = traced.get_concrete_function()
+    assert "EXPLICIT" in str([op.get_attr("padding") for op in padded.graph.get_operations() if op.type == "Conv2D"])
+    np.testing.assert_allclose(np.asarray(padded(tf.constant(x))), expected, atol=1e-5)

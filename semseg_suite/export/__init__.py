@@ -13,6 +13,12 @@ Files are written to a temporary name in the same folder and moved into place wi
 ``os.replace``, so a crash never leaves a half-written checkpoint. Since files are
 only ever replaced, never changed in place, ``copy_checkpoint`` can hard-link a
 just-written ``latest`` as ``best`` instead of serialising the model again.
+
+Deployment lives in the submodules, imported on demand (they need more of
+TensorFlow, and ONNX needs ``requirements-export.txt``): ``serving`` (the uint8-in,
+class-ids-out serving graph, with tiling and test-time augmentation inside),
+``formats`` (SavedModel, TFLite float/fp16/int8 and ONNX writers), ``runtime``
+(``runtime.load(path).predict(image)``) and ``python -m semseg_suite.export`` (the CLI).
 """
 
 from __future__ import annotations
