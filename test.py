@@ -1,6 +1,12 @@
 """Evaluate a checkpoint: per-class IoU/precision/recall/F1, mIoU, timings, images.
 
     python test.py --checkpoint checkpoints/DeepLabV3_plus_Xception/best.keras
+    python test.py --checkpoint best.keras --scales 0.75,1,1.25 --flip --tile 512
+
+Besides per_class.csv and overall.csv it writes scores.json, confusion_matrix.csv,
+plots/confusion_matrix.png (normalised per row) and worst/<rank>_<stem>.png, the five
+images of lowest per-image mean IoU. --tile/--overlap/--scales/--flip run the same
+inference code as the exported models, so their mIoU gain is measured here.
 
 The dataset, classes and input normalisation come from the checkpoint; pass
 ``--dataset`` to evaluate on another folder with the same classes.
@@ -16,8 +22,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 from semseg_suite import data, evaluation, export  # noqa: E402
-from semseg_suite.cli import add_dataset_arguments, dataset_options, non_negative_int, setup_logging  # noqa: E402
-from semseg_suite.inference import Segmenter  # noqa: E402
+from semseg_suite.cli import (  # noqa: E402
+    add_dataset_arguments, add_inference_arguments, dataset_options, inference_options, non_negative_int, setup_logging,
+)
+from semseg_suite.inference import Segmenter, check_output_folder, error_line  # noqa: E402
+from semseg_suite.tiling import InferenceOptions  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,16 +34,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help=".keras or .h5 checkpoint written by train.py")
     add_dataset_arguments(parser.add_argument_group("data", "default: the dataset the checkpoint was trained on"))
     parser.add_argument("--split", help="split to evaluate (default: test if present, else val)")
-    parser.add_argument("--output-dir", help="where tables and images go (default: beside the checkpoint)")
+    parser.add_argument("--output", "--output-dir", dest="output_dir",
+                        help="where tables and images go (default: beside the checkpoint)")
     parser.add_argument("--num-images", type=non_negative_int, default=10, help="prediction images to save (default: 10)")
-    return parser.parse_args(argv)
+    add_inference_arguments(parser.add_argument_group("inference", "sliding window and test-time augmentation"))
+    args = parser.parse_args(argv)
+    args.inference = InferenceOptions(**inference_options(parser, args))
+    return args
+
+
+def describe(options: InferenceOptions) -> str:
+    """One line naming the inference options, e.g. ``tile 512 (overlap 128), scales 0.75,1,1.25, flip``."""
+    parts = [f"tile {options.tile} (overlap {options.overlap})" if options.tile else "whole image"]
+    parts.append("scales " + ",".join(f"{scale:g}" for scale in options.scales))
+    if options.flip:
+        parts.append("flip")
+    return ", ".join(parts)
 
 
 def main(argv=None) -> int:
     setup_logging()
     args = parse_args(argv)
     try:
-        segmenter = Segmenter.from_checkpoint(args.checkpoint)
+        if args.output_dir is not None:
+            check_output_folder(args.output_dir)  # before the model loads
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, args.inference)
         meta = segmenter.metadata
         given = dataset_options(args)
         if args.dataset or given:
@@ -50,13 +74,21 @@ def main(argv=None) -> int:
         checkpoint = pathlib.Path(args.checkpoint)
         out_dir = pathlib.Path(args.output_dir or checkpoint.parent / f"test_{split}_{checkpoint.stem}")
         scores = evaluation.evaluate(segmenter, info, split, out_dir=out_dir, num_images=args.num_images)
-    except (data.DatasetError, export.CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (data.DatasetError, export.CheckpointError, ValueError, OSError) as error:
+        print(f"error: {error_line(error)}", file=sys.stderr)
         return 2
-    model_name = meta["model"] if meta["frontend"] is None else f"{meta['model']} + {meta['frontend']}"
+    model_name = meta.get("model", checkpoint.stem)
+    if meta.get("frontend"):
+        model_name = f"{model_name} + {meta['frontend']}"
     print(f"{model_name} on {info.spec} [{split}]")
+    print(f"inference: {describe(args.inference)}")
     print(evaluation.format_table(scores, info.class_names))
-    print(f"Wrote per_class.csv, overall.csv and {min(args.num_images, scores['num_images'])} images to {out_dir}")
+    if scores["worst"]:
+        print(f"Worst {len(scores['worst'])} images by mean IoU:")
+        for item in scores["worst"]:
+            print(f"  {item['rank']}. {item['image']}  mean IoU {item['mean_iou']:.4f}  -> {out_dir / item['panel']}")
+    print(f"Wrote per_class.csv, overall.csv, scores.json, confusion_matrix.csv, plots/{evaluation.CONFUSION_IMAGE}, "
+          f"{min(args.num_images, scores['num_images'])} images and {len(scores['worst'])} worst to {out_dir}")
     return 0
 
 

@@ -191,3 +191,90 @@ def plot_history(csv_path_or_rows, out_dir):
                   "Validation mean IoU per epoch")
         )
     return written
+
+
+LEGEND_ROW = 24  # pixels per class in `legend`
+LEGEND_PATCH = (16, 40)  # height, width of a colour patch
+
+
+def legend(class_names, colors):
+    """A colour key: one row per class, a solid patch of its colour and its name.
+
+    Each patch is exactly ``LEGEND_PATCH`` pixels of the class colour, framed in
+    grey, on a white background (a white or black class still shows its extent).
+
+    Returns:
+        (len(class_names) * LEGEND_ROW, W, 3) uint8 RGB image.
+    """
+    if len(class_names) != len(colors):
+        raise ValueError(f"{len(class_names)} class names for {len(colors)} colours")
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
+    text_width = max((cv2.getTextSize(str(n), font, scale, thickness)[0][0] for n in class_names), default=0)
+    patch_h, patch_w = LEGEND_PATCH
+    left = 4
+    width = left + patch_w + 8 + text_width + 4
+    image = np.full((LEGEND_ROW * len(class_names), width, 3), 255, dtype=np.uint8)
+    for row, (name, color) in enumerate(zip(class_names, colors)):
+        top = row * LEGEND_ROW + (LEGEND_ROW - patch_h) // 2
+        cv2.rectangle(image, (left - 1, top - 1), (left + patch_w, top + patch_h), (128, 128, 128), 1)
+        image[top:top + patch_h, left:left + patch_w] = np.asarray(color, dtype=np.uint8)
+        baseline = row * LEGEND_ROW + LEGEND_ROW // 2 + 5
+        cv2.putText(image, str(name), (left + patch_w + 8, baseline), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return image
+
+
+def normalise_confusion(cm):
+    """Row-normalised confusion matrix (rows = truth sum to 1; rows without support are 0)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+
+
+CONFUSION_DPI = 100
+
+
+def confusion_image_size(num_classes):
+    """(height, width) in pixels of `confusion_matrix_image` for `num_classes` classes."""
+    side = int(round(max(5.0, 2.5 + 0.45 * num_classes) * CONFUSION_DPI))
+    return side + 80, side  # a little taller: the title and the tick labels below
+
+
+def confusion_matrix_image(cm, class_names, title="Confusion matrix (rows: truth, normalised per row)"):
+    """The row-normalised confusion matrix as a heat map with class names on both axes.
+
+    Args:
+        cm: (C, C) counts, rows = ground truth, columns = prediction.
+        class_names: C names.
+        title: the plot title.
+
+    Returns:
+        uint8 RGB image of shape `confusion_image_size(C)` + (3,).
+    """
+    normalised = normalise_confusion(cm)
+    num_classes = len(class_names)
+    if normalised.shape != (num_classes, num_classes):
+        raise ValueError(f"confusion matrix {normalised.shape} for {num_classes} classes")
+    height, width = confusion_image_size(num_classes)
+    figure = Figure(figsize=(width / CONFUSION_DPI, height / CONFUSION_DPI), dpi=CONFUSION_DPI)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    shown = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
+    ticks = np.arange(num_classes)
+    axes.set_xticks(ticks, [str(n) for n in class_names], rotation=90, fontsize=8)
+    axes.set_yticks(ticks, [str(n) for n in class_names], fontsize=8)
+    axes.set_xlabel("prediction")
+    axes.set_ylabel("ground truth")
+    axes.set_title(title, fontsize=9)
+    if num_classes <= 20:
+        for i in range(num_classes):
+            for j in range(num_classes):
+                value = normalised[i, j]
+                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="white" if value > 0.5 else "black")
+    figure.tight_layout()
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    if rgb.shape[:2] != (height, width):  # rounding of the figure size in inches
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    return rgb
