@@ -50,7 +50,6 @@ MODELS = {
 NOISE_GAPS = {("BiSeNet ResNet18 (aux heads)", "tflite-int8")}
 # Training steps per model (default 40).
 TRAIN_STEPS = {"BiSeNet": 40}
-PARITY = {}  # (model, format) -> (agreement, max |logit diff|), printed at the end
 
 
 def rectangles(rng, count, size=64):
@@ -164,7 +163,6 @@ def check_parity(label, formats_to_check, trained, calibration_dir, folder):
             assert result["class_ids"].shape == image.shape[:2] and result["class_ids"].dtype == np.int32, key
             agreement.append(np.mean(result["class_ids"] == reference[key].argmax(-1)))
             differences.append(np.abs(result["logits"] - reference[key]).max())
-        PARITY[label, fmt] = (min(agreement), max(differences))
         floor = INT8_AGREEMENT if fmt == "tflite-int8" else FLOAT_AGREEMENT
         if (label, fmt) in NOISE_GAPS:  # checked on the CamVid-like images only; noise is a known gap
             camvid = [a for key, a in zip(images, agreement) if not key.startswith("random")]
@@ -188,17 +186,6 @@ def test_exported_models_agree_with_keras(label, trained, calibration_dir, tmp_p
 @pytest.mark.parametrize("label", list(MODELS))
 def test_every_format_agrees_with_keras(label, trained, calibration_dir, tmp_path):
     check_parity(label, formats.FORMATS, trained, calibration_dir, tmp_path)
-
-
-def test_print_parity_table(capsys):
-    """Not a check: prints the parity table of the tests above (pytest -s shows it)."""
-    if not PARITY:
-        pytest.skip("parity tests did not run")
-    lines = ["| model | format | min class-id agreement | max abs logit diff |", "|---|---|---|---|"]
-    lines += [f"| {m} | {f} | {r[0]:.4%} | {r[1]:.2e} |" if r else f"| {m} | {f} | not exportable | |"
-              for (m, f), r in PARITY.items()]
-    with capsys.disabled():
-        print("\n" + "\n".join(lines))
 
 
 def test_serving_options_probabilities_and_small_images(trained, tmp_path):
