@@ -16,7 +16,6 @@ included, is the same on any frontend.
 import json
 import pathlib
 import sys
-import time
 
 import cv2
 import keras
