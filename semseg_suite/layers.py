@@ -300,13 +300,15 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
         windows = ops.transpose(windows, (0, 1, 3, 5, 2, 4))
         windows = ops.reshape(windows, (batch, rows, cols, channels, k * k))
         pooled = ops.max(windows, axis=-1)
-        # The first position holding the max, from max reductions only: ``ops.argmax``
-        # of floats lowers to Bitcast and BitwiseAnd on TensorFlow, which TFLite and
-        # ONNX Runtime cannot run, and this layer must export (ENet, SegNet).
-        window = k * k
-        is_max = ops.cast(ops.equal(windows, ops.expand_dims(pooled, -1)), "int32")
-        countdown = ops.arange(window, 0, -1, dtype="int32")  # window - position
-        indices = window - ops.max(is_max * countdown, axis=-1)
+        if keras.backend.backend() == "tensorflow":
+            # tf.argmax, not ops.argmax: Keras' TensorFlow argmax of floats adds a
+            # sign-bit test of zeros (Bitcast, BitwiseAnd) that TFLite and ONNX Runtime
+            # cannot run; tf.argmax converts to their ArgMax, in float and in int8.
+            import tensorflow as tf
+
+            indices = tf.math.argmax(windows, axis=-1, output_type=tf.int32)
+        else:
+            indices = ops.cast(ops.argmax(windows, axis=-1), "int32")
         return pooled, indices
 
     def compute_output_shape(self, input_shape):
