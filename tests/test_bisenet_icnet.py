@@ -10,17 +10,13 @@ import semseg_suite
 from semseg_suite import build_model, export, flops
 from semseg_suite.layers import AtrousConv2D
 from tiny_task import assert_learned, fit_squares
+from zoo import parents
 
 
 @pytest.fixture(autouse=True)
 def _clear_session():
     yield
     keras.backend.clear_session()
-
-
-def _parents(model, layer_name, node=0):
-    """Names of the layers feeding call ``node`` of ``layer_name``."""
-    return [p.operation.name for p in model.get_layer(layer_name)._inbound_nodes[node].parent_nodes]
 
 
 def _hw(tensor):
@@ -41,53 +37,53 @@ def test_bisenet_spatial_path_is_three_stride2_convs_to_output_stride_8(bisenet)
     for i, size in enumerate(sizes, start=1):
         conv = bisenet.get_layer(f"spatial_conv{i}_conv")
         assert conv.strides == (2, 2) and conv.kernel_size == (3, 3) and conv.filters == 64
-        assert _parents(bisenet, f"spatial_conv{i}_relu") == [f"spatial_conv{i}_bn"]
+        assert parents(bisenet, f"spatial_conv{i}_relu") == [f"spatial_conv{i}_bn"]
         assert _hw(bisenet.get_layer(f"spatial_conv{i}_relu").output) == size
-    assert _parents(bisenet, "spatial_conv1_conv") == [bisenet.input._keras_history.operation.name]
+    assert parents(bisenet, "spatial_conv1_conv") == [bisenet.input._keras_history.operation.name]
 
 
 @pytest.mark.parametrize("stride,endpoint", [(16, "conv4_block2_out"), (32, "conv5_block2_out")])
 def test_bisenet_attention_refinement_gates_channels_with_a_sigmoid(bisenet, stride, endpoint):
     name = f"arm{stride}"
-    assert _parents(bisenet, f"{name}_conv_conv") == [endpoint]
+    assert parents(bisenet, f"{name}_conv_conv") == [endpoint]
     assert bisenet.get_layer(f"{name}_pool").keepdims
-    assert _parents(bisenet, f"{name}_attention_conv") == [f"{name}_pool"]
+    assert parents(bisenet, f"{name}_attention_conv") == [f"{name}_pool"]
     assert bisenet.get_layer(f"{name}_attention_conv").kernel_size == (1, 1)
-    assert _parents(bisenet, f"{name}_attention_bn") == [f"{name}_attention_conv"]
+    assert parents(bisenet, f"{name}_attention_bn") == [f"{name}_attention_conv"]
     sigmoid = bisenet.get_layer(f"{name}_attention_sigmoid")
     assert sigmoid.activation is keras.activations.sigmoid
-    assert _parents(bisenet, f"{name}_multiply") == [f"{name}_conv_relu", f"{name}_attention_sigmoid"]
+    assert parents(bisenet, f"{name}_multiply") == [f"{name}_conv_relu", f"{name}_attention_sigmoid"]
     gate = bisenet.get_layer(f"{name}_attention_sigmoid").output
     assert tuple(gate.shape[1:]) == (1, 1, 128)
 
 
 def test_bisenet_context_path_fuses_global_context_and_both_stages(bisenet):
-    assert _parents(bisenet, "context_pool") == ["conv5_block2_out"]
-    assert _parents(bisenet, "context32_add") == ["arm32_multiply", "context_global_resize"]
-    assert _parents(bisenet, "context16_add") == ["arm16_multiply", "context32_refine_relu"]
+    assert parents(bisenet, "context_pool") == ["conv5_block2_out"]
+    assert parents(bisenet, "context32_add") == ["arm32_multiply", "context_global_resize"]
+    assert parents(bisenet, "context16_add") == ["arm16_multiply", "context32_refine_relu"]
     assert _hw(bisenet.get_layer("context32_refine_relu").output) == (6, 8)  # stride 16
     assert _hw(bisenet.get_layer("context16_refine_relu").output) == (12, 16)  # stride 8
 
 
 def test_bisenet_feature_fusion_has_its_own_width_not_the_class_count(bisenet):
-    assert _parents(bisenet, "ffm_concat") == ["spatial_conv3_relu", "context16_refine_relu"]
+    assert parents(bisenet, "ffm_concat") == ["spatial_conv3_relu", "context16_refine_relu"]
     conv = bisenet.get_layer("ffm_conv_conv")
     assert conv.filters == 256 != 5
     for i in (1, 2):
         assert bisenet.get_layer(f"ffm_attention_conv{i}").filters == 256
-    assert _parents(bisenet, "ffm_attention_relu") == ["ffm_attention_conv1"]
+    assert parents(bisenet, "ffm_attention_relu") == ["ffm_attention_conv1"]
     assert bisenet.get_layer("ffm_attention_sigmoid").activation is keras.activations.sigmoid
-    assert _parents(bisenet, "ffm_multiply") == ["ffm_conv_relu", "ffm_attention_sigmoid"]
-    assert _parents(bisenet, "ffm_add") == ["ffm_conv_relu", "ffm_multiply"]
-    assert _parents(bisenet, "logits_conv") == ["ffm_add"]
+    assert parents(bisenet, "ffm_multiply") == ["ffm_conv_relu", "ffm_attention_sigmoid"]
+    assert parents(bisenet, "ffm_add") == ["ffm_conv_relu", "ffm_multiply"]
+    assert parents(bisenet, "logits_conv") == ["ffm_add"]
 
 
 def test_bisenet_auxiliary_heads_supervise_the_context_path(bisenet):
     weights = semseg_suite.models.loss_weights("BiSeNet")
     assert weights == {"logits": 1.0, "aux16": 1.0, "aux32": 1.0}  # alpha = 1
     assert set(bisenet.output) == set(weights)
-    assert _parents(bisenet, "aux16_conv") == ["context16_refine_relu"]
-    assert _parents(bisenet, "aux32_conv") == ["context32_refine_relu"]
+    assert parents(bisenet, "aux16_conv") == ["context16_refine_relu"]
+    assert parents(bisenet, "aux32_conv") == ["context32_refine_relu"]
     outputs = bisenet(np.zeros((2, 96, 128, 3), "float32"))
     for logits in outputs.values():
         assert tuple(logits.shape) == (2, 96, 128, 5) and logits.dtype == "float32"
@@ -111,12 +107,12 @@ def icnet():
 
 def test_icnet_branches_see_the_image_at_1_1_2_and_1_4(icnet):
     image = icnet.input._keras_history.operation.name
-    assert _parents(icnet, "input_half") == [image]
-    assert _parents(icnet, "input_quarter") == ["input_half"]
+    assert parents(icnet, "input_half") == [image]
+    assert parents(icnet, "input_quarter") == ["input_half"]
     assert _hw(icnet.get_layer("input_half").output) == (48, 64)
     assert _hw(icnet.get_layer("input_quarter").output) == (24, 32)
     # The light branch reads the full image: 1/8 after three stride-2 layers.
-    assert _parents(icnet, "sub1_conv1_conv") == [image]
+    assert parents(icnet, "sub1_conv1_conv") == [image]
     for i, width in enumerate((32, 32, 64), start=1):
         conv = icnet.get_layer(f"sub1_conv{i}_conv")
         assert conv.strides == (2, 2) and conv.kernel_size == (3, 3) and conv.filters == width
@@ -127,7 +123,7 @@ def test_icnet_shallow_layers_are_shared_by_the_1_2_and_1_4_branches(icnet):
     stem = icnet.get_layer("conv1_conv")
     inputs = sorted(_hw(node.input_tensors[0]) for node in stem._inbound_nodes)
     assert inputs == [(30, 38), (54, 70)]  # 24x32 and 48x64 zero-padded by 3
-    assert {_parents(icnet, "conv1_pad", n)[0] for n in (0, 1)} == {"input_half", "input_quarter"}
+    assert {parents(icnet, "conv1_pad", n)[0] for n in (0, 1)} == {"input_half", "input_quarter"}
     stride8 = icnet.get_layer("conv3_block4_out")
     assert sorted(_hw(node.output_tensors[0]) for node in stride8._inbound_nodes) == [(3, 4), (6, 8)]
     # Deeper layers run once, on the 1/4 image: PSPNet at output stride 8 (1/32).
@@ -150,32 +146,32 @@ def test_icnet_copies_the_frontend_weights():
 
 def test_icnet_pyramid_pooling_and_cascade_feature_fusion(icnet):
     for b in (1, 2, 3, 6):
-        assert _parents(icnet, f"sub4_ppm_pool{b}") == ["conv5_block3_out"]
+        assert parents(icnet, f"sub4_ppm_pool{b}") == ["conv5_block3_out"]
     assert icnet.get_layer("sub4_projection_conv").filters == 256
     units = {"cff_sub24": ("sub4_projection_relu", "conv3_block4_out", (6, 8)),
              "cff_sub124": ("cff_sub24_relu", "sub1_conv3_relu", (12, 16))}
     for name, (coarse, fine, size) in units.items():
-        assert _parents(icnet, f"{name}_upsample") == [coarse, fine]
+        assert parents(icnet, f"{name}_upsample") == [coarse, fine]
         assert _hw(icnet.get_layer(f"{name}_upsample").output) == size  # 2x the coarse map
         dilated = icnet.get_layer(f"{name}_dilated_conv")
         assert isinstance(dilated, AtrousConv2D)
         assert dilated.dilation_rate == (2, 2) and dilated.kernel_size == (3, 3) and dilated.filters == 128
-        assert _parents(icnet, f"{name}_dilated_conv") == [f"{name}_upsample"]
+        assert parents(icnet, f"{name}_dilated_conv") == [f"{name}_upsample"]
         projection = icnet.get_layer(f"{name}_projection_conv")
         assert projection.kernel_size == (1, 1) and projection.filters == 128
-        assert _parents(icnet, f"{name}_projection_conv") == [fine]
-        assert _parents(icnet, f"{name}_add") == [f"{name}_dilated_bn", f"{name}_projection_bn"]
-    assert _parents(icnet, "sub124_upsample") == ["cff_sub124_relu", "input_quarter"]
+        assert parents(icnet, f"{name}_projection_conv") == [fine]
+        assert parents(icnet, f"{name}_add") == [f"{name}_dilated_bn", f"{name}_projection_bn"]
+    assert parents(icnet, "sub124_upsample") == ["cff_sub124_relu", "input_quarter"]
     assert _hw(icnet.get_layer("sub124_upsample").output) == (24, 32)
-    assert _parents(icnet, "logits_conv") == ["sub124_upsample"]
+    assert parents(icnet, "logits_conv") == ["sub124_upsample"]
 
 
 def test_icnet_cascade_label_guidance(icnet):
     weights = semseg_suite.models.loss_weights("ICNet")
     assert weights == {"logits": 1.0, "sub4": 0.4, "sub24": 0.4}
     assert set(icnet.output) == set(weights)
-    assert _parents(icnet, "sub4_conv") == ["cff_sub24_upsample"]
-    assert _parents(icnet, "sub24_conv") == ["cff_sub124_upsample"]
+    assert parents(icnet, "sub4_conv") == ["cff_sub24_upsample"]
+    assert parents(icnet, "sub24_conv") == ["cff_sub124_upsample"]
     outputs = icnet(np.random.default_rng(0).normal(size=(1, 96, 128, 3)).astype("float32"))
     for logits in outputs.values():
         assert tuple(logits.shape) == (1, 96, 128, 5) and logits.dtype == "float32"

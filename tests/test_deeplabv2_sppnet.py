@@ -8,6 +8,7 @@ from builders.deeplabv2 import ASPP_L_RATES
 from semseg_suite import build_model
 from semseg_suite.layers import AdaptiveMaxPooling2D
 from tiny_task import assert_learned, fit_squares
+from zoo import parents
 
 
 @pytest.fixture(autouse=True)
@@ -16,18 +17,13 @@ def _clear_session():
     keras.backend.clear_session()
 
 
-def _parents(model, layer_name):
-    node = model.get_layer(layer_name)._inbound_nodes[0]
-    return [parent.operation.name for parent in node.parent_nodes]
-
-
 def _params(model, prefix):
     return sum(int(np.prod(w.shape)) for layer in model.layers if layer.name.startswith(prefix) for w in layer.weights)
 
 
 def _stride8_size(model, image_shape):
     """Spatial size of the head's input for one image."""
-    features = keras.Model(model.input, model.get_layer(_parents(model, "aspp_branch0_conv")[0]).output)
+    features = keras.Model(model.input, model.get_layer(parents(model, "aspp_branch0_conv")[0]).output)
     return tuple(features(np.zeros((1, *image_shape, 3), "float32")).shape[1:3])
 
 
@@ -36,7 +32,7 @@ def test_aspp_l_on_resnet_sums_four_atrous_convs_straight_to_the_classes():
     convs = [model.get_layer(f"aspp_branch{i}_conv") for i in range(4)]
     assert [conv.dilation_rate for conv in convs] == [(r, r) for r in ASPP_L_RATES] == [(6, 6), (12, 12), (18, 18), (24, 24)]
     assert all(conv.kernel_size == (3, 3) and conv.filters == 5 and conv.use_bias for conv in convs)
-    assert _parents(model, "aspp_sum") == [f"aspp_branch{i}_conv" for i in range(4)]
+    assert parents(model, "aspp_sum") == [f"aspp_branch{i}_conv" for i in range(4)]
     assert isinstance(model.get_layer("aspp_sum"), keras.layers.Add)
     # the whole head: four 3x3 convs from 512 channels (ResNet18's last stage), nothing else
     assert _params(model, "aspp") == 4 * (9 * 512 * 5 + 5)
@@ -58,7 +54,7 @@ def test_aspp_l_on_vgg16_has_an_fc6_fc7_fc8_branch_per_rate():
             assert model.get_layer(f"aspp_branch{index}_fc{n}_dropout").rate == 0.5
     branch = (9 * 512 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 3 + 3)
     assert _params(model, "aspp") == 4 * branch
-    assert _parents(model, "aspp_sum") == [f"aspp_branch{i}_fc8" for i in range(4)]
+    assert parents(model, "aspp_sum") == [f"aspp_branch{i}_fc8" for i in range(4)]
 
 
 def test_large_fov_is_one_fc6_at_rate_12_with_1024_channels():
@@ -68,7 +64,7 @@ def test_large_fov_is_one_fc6_at_rate_12_with_1024_channels():
     assert (fc7.kernel_size, fc7.filters, fc8.filters) == ((1, 1), 1024, 21)
     assert _params(model, "largefov") == (9 * 512 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 21 + 21)
     # VGG16 at output stride 8: fc6 sees a stride-8 map
-    features = keras.Model(model.input, model.get_layer(_parents(model, "largefov_fc6")[0]).output)
+    features = keras.Model(model.input, model.get_layer(parents(model, "largefov_fc6")[0]).output)
     assert tuple(features(np.zeros((1, 64, 80, 3), "float32")).shape[1:3]) == (8, 10)
     assert tuple(model(np.zeros((1, 67, 93, 3), "float32")).shape) == (1, 67, 93, 21)
 
@@ -79,10 +75,10 @@ def test_spp_head_max_pools_into_1_2_4_bins_and_fuses_them_with_the_features():
         pool = model.get_layer(f"spp_pool{bins}")
         assert isinstance(pool, AdaptiveMaxPooling2D)
         assert model.get_layer(f"spp_bin{bins}_conv").filters == 512 // 3
-    assert [name for name in _parents(model, "spp_concat")] == [
-        _parents(model, "spp_pool1")[0], "spp_bin1_resize", "spp_bin2_resize", "spp_bin4_resize"]
+    assert [name for name in parents(model, "spp_concat")] == [
+        parents(model, "spp_pool1")[0], "spp_bin1_resize", "spp_bin2_resize", "spp_bin4_resize"]
     # each of the 4x4 bins is the max over its window (PyTorch's adaptive rule), by NumPy
-    inner = keras.Model(model.input, [model.get_layer(_parents(model, "spp_pool4")[0]).output,
+    inner = keras.Model(model.input, [model.get_layer(parents(model, "spp_pool4")[0]).output,
                                       model.get_layer("spp_pool4").output])
     features, pooled = (t.numpy() for t in inner(np.random.default_rng(1).normal(size=(1, 96, 128, 3)).astype("float32")))
     assert features.shape[1:3] == (6, 8)

@@ -8,18 +8,13 @@ from builders.denseaspp import RATES
 from semseg_suite import build_model
 from semseg_suite.layers import AtrousConv2D
 from tiny_task import assert_learned, fit_squares
+from zoo import parents
 
 
 @pytest.fixture(autouse=True)
 def _clear_session():
     yield
     keras.backend.clear_session()
-
-
-def _parents(model, layer_name):
-    """Names of the layers feeding ``layer_name`` (its first call), in order."""
-    node = model.get_layer(layer_name)._inbound_nodes[0]
-    return [parent.operation.name for parent in node.parent_nodes]
 
 
 def _head_params(features, classes, bottleneck=512, filters=128, rates=RATES, transition=True):
@@ -51,25 +46,25 @@ def _check_dense_head(model, features_layer, features, bottleneck=512, filters=1
         assert atrous.filters == filters
         squeeze = model.get_layer(f"denseaspp{index}_1_conv")
         assert squeeze.kernel_size == (1, 1) and squeeze.filters == bottleneck
-        assert _parents(model, f"denseaspp{index}_1_bn") == [f"denseaspp{index}_1_conv"]
+        assert parents(model, f"denseaspp{index}_1_bn") == [f"denseaspp{index}_1_conv"]
         dropout = model.get_layer(f"denseaspp{index}_dropout")
         assert isinstance(dropout, keras.layers.SpatialDropout2D) and dropout.rate == 0.1
         # The input of layer l: the features and the outputs of layers 1 .. l-1.
         earlier = [f"denseaspp{i}_dropout" for i in range(1, index)]
         if index == 1:
-            assert _parents(model, "denseaspp1_1_conv") == [features_layer]
+            assert parents(model, "denseaspp1_1_conv") == [features_layer]
             assert not any(layer.name == "denseaspp1_0_bn" for layer in model.layers)
         else:
-            assert _parents(model, f"denseaspp{index}_input") == [features_layer] + earlier
-            assert _parents(model, f"denseaspp{index}_0_bn") == [f"denseaspp{index}_input"]
-            assert _parents(model, f"denseaspp{index}_1_conv") == [f"denseaspp{index}_0_relu"]
+            assert parents(model, f"denseaspp{index}_input") == [features_layer] + earlier
+            assert parents(model, f"denseaspp{index}_0_bn") == [f"denseaspp{index}_input"]
+            assert parents(model, f"denseaspp{index}_1_conv") == [f"denseaspp{index}_0_relu"]
         assert squeeze.kernel.shape[2] == features + (index - 1) * filters
-    assert _parents(model, "denseaspp_concat") == [features_layer] + [
+    assert parents(model, "denseaspp_concat") == [features_layer] + [
         f"denseaspp{i}_dropout" for i in range(1, 6)
     ]
     final = model.get_layer("denseaspp_dropout")
     assert isinstance(final, keras.layers.SpatialDropout2D) and final.rate == 0.1
-    assert _parents(model, "logits_conv") == ["denseaspp_dropout"]
+    assert parents(model, "logits_conv") == ["denseaspp_dropout"]
     assert model.get_layer("logits_conv").kernel.shape[2] == features + 5 * filters
 
 
@@ -78,9 +73,9 @@ def _check_transition(model, frontend_layer, channels):
     conv = model.get_layer("denseaspp_transition_conv")
     assert conv.kernel_size == (1, 1) and conv.strides == (1, 1) and conv.filters == channels // 2
     assert conv.kernel.shape[2] == channels and not conv.use_bias
-    assert _parents(model, "denseaspp_transition_conv") == [frontend_layer]
-    assert _parents(model, "denseaspp_transition_bn") == ["denseaspp_transition_conv"]
-    assert _parents(model, "denseaspp_transition_relu") == ["denseaspp_transition_bn"]
+    assert parents(model, "denseaspp_transition_conv") == [frontend_layer]
+    assert parents(model, "denseaspp_transition_bn") == ["denseaspp_transition_conv"]
+    assert parents(model, "denseaspp_transition_relu") == ["denseaspp_transition_bn"]
 
 
 def test_paper_configuration_on_densenet161():
@@ -123,7 +118,7 @@ def test_other_output_strides_run_the_head_at_stride_8():
     )
     _check_transition(model, "block_16_project_BN", 320)
     _check_dense_head(model, "denseaspp_resize", 160, bottleneck=128, filters=64)
-    assert _parents(model, "denseaspp_resize") == ["denseaspp_transition_relu", "block_6_expand_relu"]
+    assert parents(model, "denseaspp_resize") == ["denseaspp_transition_relu", "block_6_expand_relu"]
     x = np.zeros((1, 45, 67, 3), "float32")
     probe = keras.Model(model.input, model.get_layer("denseaspp_concat").output)
     assert tuple(probe(x).shape) == (1, 6, 9, 160 + 5 * 64)  # ceil(45 / 8), ceil(67 / 8)

@@ -7,6 +7,7 @@ import pytest
 import semseg_suite
 from semseg_suite import data, losses
 from tiny_task import assert_learned, fit_squares
+from zoo import parents
 
 IGNORE = data.IGNORE_INDEX
 
@@ -15,11 +16,6 @@ IGNORE = data.IGNORE_INDEX
 def _clear_session():
     yield
     keras.backend.clear_session()
-
-
-def _parents(model, layer_name):
-    node = model.get_layer(layer_name)._inbound_nodes[0]
-    return [parent.operation.name for parent in node.parent_nodes]
 
 
 def numpy_boundaries(labels, num_classes, dilation=7):
@@ -71,16 +67,16 @@ def test_dfn_smooth_and_border_networks():
     assert weights == {"logits": 1.0, "smooth32": 1.0, "smooth16": 1.0, "smooth8": 1.0,
                        "border4": 0.1, "border8": 0.1, "border16": 0.1, "border32": 0.1}
     # smooth network: the global context feeds res5's CAB; each CAB takes its stage and the stage above
-    assert _parents(model, "smooth32_cab_concat") == ["smooth32_pre_relu", "dfn_global_resize"]
-    assert _parents(model, "smooth16_cab_concat") == ["smooth16_pre_relu", "smooth32_up"]
-    assert _parents(model, "smooth4_cab_concat") == ["smooth4_pre_relu", "smooth8_up"]
+    assert parents(model, "smooth32_cab_concat") == ["smooth32_pre_relu", "dfn_global_resize"]
+    assert parents(model, "smooth16_cab_concat") == ["smooth16_pre_relu", "smooth32_up"]
+    assert parents(model, "smooth4_cab_concat") == ["smooth4_pre_relu", "smooth8_up"]
     for stage in (32, 16, 8, 4):
         assert model.get_layer(f"smooth{stage}_pre_1x1").filters == 512
         assert model.get_layer(f"smooth{stage}_cab_fc2").activation.__name__ == "sigmoid"
-        assert _parents(model, f"smooth{stage}_cab_add") == [f"smooth{stage}_cab_scale", _parents(model, f"smooth{stage}_cab_concat")[1]]
+        assert parents(model, f"smooth{stage}_cab_add") == [f"smooth{stage}_cab_scale", parents(model, f"smooth{stage}_cab_concat")[1]]
     # border network: bottom-up sums at stride 4
-    assert _parents(model, "border8_add") == ["border4_pre_relu", "border8_up"]
-    assert _parents(model, "border16_add") == ["border8_post_relu", "border16_up"]
+    assert parents(model, "border8_add") == ["border4_pre_relu", "border8_up"]
+    assert parents(model, "border16_add") == ["border8_post_relu", "border16_up"]
     assert model.get_layer("border4_head_conv").filters == 1
     x = np.random.default_rng(1).normal(size=(1, 45, 67, 3)).astype("float32")
     outputs = model(x, training=False)

@@ -11,6 +11,7 @@ from builders.refinenet import chained_residual_pooling
 from semseg_suite import build_model
 from semseg_suite.layers import ResizeLike
 from tiny_task import assert_learned, fit_squares
+from zoo import parents
 
 # ResNet-50's endpoints: stride4 .. stride32.
 RESNET50_ENDPOINTS = {
@@ -22,12 +23,6 @@ RESNET50_ENDPOINTS = {
 def _clear_session():
     yield
     keras.backend.clear_session()
-
-
-def _parents(model, layer_name):
-    """Names of the layers feeding ``layer_name``, in input order."""
-    node = model.get_layer(layer_name)._inbound_nodes[0]
-    return [parent.operation.name for parent in node.parent_nodes]
 
 
 def _names(model, pattern):
@@ -60,14 +55,14 @@ def test_refinenet_pooling_is_chained(refinenet, block):
         assert pool.pool_size == (5, 5) and pool.strides == (1, 1) and pool.padding == "same"
     # ReLU first, then pool -> conv, the second pool taking the first conv's output.
     fusion = "refinenet4_stage_rcu2_add" if block == 4 else f"refinenet{block}_fusion_add"
-    assert _parents(refinenet, f"{crp}_relu") == [fusion]
-    assert _parents(refinenet, f"{crp}_pool1") == [f"{crp}_relu"]
-    assert _parents(refinenet, f"{crp}_conv1") == [f"{crp}_pool1"]
-    assert _parents(refinenet, f"{crp}_pool2") == [f"{crp}_conv1"]
-    assert _parents(refinenet, f"{crp}_conv2") == [f"{crp}_pool2"]
+    assert parents(refinenet, f"{crp}_relu") == [fusion]
+    assert parents(refinenet, f"{crp}_pool1") == [f"{crp}_relu"]
+    assert parents(refinenet, f"{crp}_conv1") == [f"{crp}_pool1"]
+    assert parents(refinenet, f"{crp}_pool2") == [f"{crp}_conv1"]
+    assert parents(refinenet, f"{crp}_conv2") == [f"{crp}_pool2"]
     # Running sum: ReLU output + block 1 + block 2.
-    assert _parents(refinenet, f"{crp}_add1") == [f"{crp}_relu", f"{crp}_conv1"]
-    assert _parents(refinenet, f"{crp}_add2") == [f"{crp}_add1", f"{crp}_conv2"]
+    assert parents(refinenet, f"{crp}_add1") == [f"{crp}_relu", f"{crp}_conv1"]
+    assert parents(refinenet, f"{crp}_add2") == [f"{crp}_add1", f"{crp}_conv2"]
     assert refinenet.get_layer(f"{crp}_conv1").kernel_size == (3, 3)
 
 
@@ -107,9 +102,9 @@ def test_refinenet_rcu_counts_and_widths(refinenet):
         assert got == counts, block
     # RCU = ReLU, 3x3, ReLU, 3x3, add to its input.
     rcu = "refinenet3_prev_rcu1"
-    assert _parents(refinenet, f"{rcu}_relu1") == ["refinenet4_output_rcu1_add"]
-    assert _parents(refinenet, f"{rcu}_conv2") == [f"{rcu}_relu2"]
-    assert _parents(refinenet, f"{rcu}_add") == ["refinenet4_output_rcu1_add", f"{rcu}_conv2"]
+    assert parents(refinenet, f"{rcu}_relu1") == ["refinenet4_output_rcu1_add"]
+    assert parents(refinenet, f"{rcu}_conv2") == [f"{rcu}_relu2"]
+    assert parents(refinenet, f"{rcu}_add") == ["refinenet4_output_rcu1_add", f"{rcu}_conv2"]
     # Widths: 512 in RefineNet-4 (and its path into RefineNet-3), 256 elsewhere.
     width = lambda name: refinenet.get_layer(name).filters  # noqa: E731
     assert width("refinenet4_dimred") == width("refinenet4_crp_conv2") == 512
@@ -119,12 +114,12 @@ def test_refinenet_rcu_counts_and_widths(refinenet):
         assert width(f"refinenet{block}_fusion_stage_conv") == 256
         assert width(f"refinenet{block}_fusion_prev_conv") == 256
         assert refinenet.get_layer(f"refinenet{block}_fusion_prev_conv").kernel_size == (3, 3)
-        assert _parents(refinenet, f"refinenet{block}_fusion_prev_resize")[1] == (
+        assert parents(refinenet, f"refinenet{block}_fusion_prev_resize")[1] == (
             f"refinenet{block}_stage_rcu2_add"
         )
     assert "refinenet4_fusion_add" not in {layer.name for layer in refinenet.layers}
     for block, stride in zip((4, 3, 2, 1), (32, 16, 8, 4)):
-        assert _parents(refinenet, f"refinenet{block}_dimred") == [RESNET50_ENDPOINTS[stride]]
+        assert parents(refinenet, f"refinenet{block}_dimred") == [RESNET50_ENDPOINTS[stride]]
     assert not any(
         isinstance(layer, keras.layers.BatchNormalization)
         for layer in refinenet.layers
@@ -132,7 +127,7 @@ def test_refinenet_rcu_counts_and_widths(refinenet):
     )
     # Head: dropout 0.5, class convolution on RefineNet-1, resized to the input.
     assert refinenet.get_layer("head_dropout").rate == 0.5
-    assert _parents(refinenet, "head_dropout") == ["refinenet1_output_rcu3_add"]
+    assert parents(refinenet, "head_dropout") == ["refinenet1_output_rcu3_add"]
     assert refinenet.get_layer("logits_conv").filters == 5
 
 
@@ -142,7 +137,7 @@ def test_refinenet_hyperparameters_on_another_frontend():
         widths=(64, 32),
     )
     assert len(_names(model, r"refinenet1_crp_pool\d+")) == 4
-    assert _parents(model, "refinenet1_crp_pool4") == ["refinenet1_crp_conv3"]
+    assert parents(model, "refinenet1_crp_pool4") == ["refinenet1_crp_conv3"]
     assert model.get_layer("refinenet4_dimred").filters == 64
     assert model.get_layer("refinenet3_prev_rcu1_conv1").filters == 64
     assert model.get_layer("refinenet3_fusion_prev_conv").filters == 32
@@ -167,10 +162,10 @@ def _check_gcn_modules(model, num_classes, k):
             layer = model.get_layer(f"{gcn}_{suffix}")
             assert (layer.kernel_size, layer.filters) == (kernel, num_classes), layer.name
         # Straight k x 1 -> 1 x k (and 1 x k -> k x 1): nothing in between.
-        assert _parents(model, f"{gcn}_left_1xk") == [f"{gcn}_left_kx1"]
-        assert _parents(model, f"{gcn}_right_kx1") == [f"{gcn}_right_1xk"]
-        assert _parents(model, f"{gcn}_add") == [f"{gcn}_left_1xk", f"{gcn}_right_kx1"]
-        assert _parents(model, f"br_{stage}_conv1") == [f"{gcn}_add"]
+        assert parents(model, f"{gcn}_left_1xk") == [f"{gcn}_left_kx1"]
+        assert parents(model, f"{gcn}_right_kx1") == [f"{gcn}_right_1xk"]
+        assert parents(model, f"{gcn}_add") == [f"{gcn}_left_1xk", f"{gcn}_right_kx1"]
+        assert parents(model, f"br_{stage}_conv1") == [f"{gcn}_add"]
     for layer in model.layers:
         if layer.name.startswith(_HEAD) and hasattr(layer, "filters"):
             assert layer.filters == num_classes, layer.name
@@ -179,7 +174,7 @@ def _check_gcn_modules(model, num_classes, k):
 def test_gcn_modules_follow_the_paper(gcn):
     _check_gcn_modules(gcn, num_classes=5, k=15)
     for stage, stride in zip(_STAGES, (32, 16, 8, 4)):
-        assert _parents(gcn, f"gcn_{stage}_left_kx1") == [RESNET50_ENDPOINTS[stride]]
+        assert parents(gcn, f"gcn_{stage}_left_kx1") == [RESNET50_ENDPOINTS[stride]]
     # No BN (or any normalisation) in the head: convs, adds, ReLUs and resizes only.
     allowed = (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Add,
                keras.layers.ReLU, ResizeLike)
@@ -198,17 +193,17 @@ def test_gcn_fusion_order(gcn):
     # Each stage: GCN -> BR. Then res5 -> deconv -> + res4 -> BR -> deconv -> + res3 ...
     coarser = "br_res5_add"
     for stage in ("res4", "res3", "res2"):
-        assert _parents(gcn, f"fuse_{stage}_deconv") == [coarser]
-        assert _parents(gcn, f"fuse_{stage}_resize") == [f"fuse_{stage}_deconv", f"br_{stage}_add"]
-        assert _parents(gcn, f"fuse_{stage}_add") == [f"fuse_{stage}_resize", f"br_{stage}_add"]
-        assert _parents(gcn, f"fuse_{stage}_br_conv1") == [f"fuse_{stage}_add"]
+        assert parents(gcn, f"fuse_{stage}_deconv") == [coarser]
+        assert parents(gcn, f"fuse_{stage}_resize") == [f"fuse_{stage}_deconv", f"br_{stage}_add"]
+        assert parents(gcn, f"fuse_{stage}_add") == [f"fuse_{stage}_resize", f"br_{stage}_add"]
+        assert parents(gcn, f"fuse_{stage}_br_conv1") == [f"fuse_{stage}_add"]
         coarser = f"fuse_{stage}_br_add"
     # Then deconv -> BR twice, straight to the logits (no extra classifier).
-    assert _parents(gcn, "up1_deconv") == ["fuse_res2_br_add"]
-    assert _parents(gcn, "up1_br_conv1") == ["up1_deconv"]
-    assert _parents(gcn, "up2_deconv") == ["up1_br_add"]
-    assert _parents(gcn, "up2_br_conv1") == ["up2_deconv"]
-    assert _parents(gcn, "logits")[0] == "up2_br_add"
+    assert parents(gcn, "up1_deconv") == ["fuse_res2_br_add"]
+    assert parents(gcn, "up1_br_conv1") == ["up1_deconv"]
+    assert parents(gcn, "up2_deconv") == ["up1_br_add"]
+    assert parents(gcn, "up2_br_conv1") == ["up2_deconv"]
+    assert parents(gcn, "logits")[0] == "up2_br_add"
     deconvs = [layer for layer in gcn.layers if isinstance(layer, keras.layers.Conv2DTranspose)]
     assert len(deconvs) == 5
     assert all(d.kernel_size == (4, 4) and d.strides == (2, 2) for d in deconvs)

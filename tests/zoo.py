@@ -16,3 +16,8 @@ def light_frontend(model_name: str) -> str | None:
     """The model's default frontend, or ResNet50 instead of a deep one."""
     frontend = semseg_suite.default_frontend(model_name)
     return "ResNet50" if frontend in BIG_FRONTENDS else frontend
+
+
+def parents(model, layer_name: str, node: int = 0) -> list[str]:
+    """Names of the layers feeding call ``node`` of ``layer_name``, in input order."""
+    return [parent.operation.name for parent in model.get_layer(layer_name)._inbound_nodes[node].parent_nodes]
