@@ -44,8 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "none for models with their own encoder, e.g. U-Net, ENet)")
     model.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES,
                        help="frontend output stride (default: the model's, 16 for DeepLab, 32 for most others)")
-    model.add_argument("--frontend-weights", default="auto", metavar="auto|imagenet|none|PATH",
-                       help="auto: ImageNet when cached or downloadable, else random init with a warning")
+    model.add_argument("--frontend-weights", default="auto", metavar="auto|imagenet|none|PATH|timm:NAME|keras-hub:PRESET",
+                       help="auto: ImageNet when cached or downloadable, else random init with a warning; "
+                            "timm:NAME (e.g. timm:resnet18.tv_in1k) or keras-hub:PRESET: downloaded and converted "
+                            "once (ResNet18/34, DenseNets; see python -m semseg_suite.weights)")
 
     dataset = parser.add_argument_group("data")
     add_dataset_arguments(dataset)

@@ -69,7 +69,9 @@ def build_frontend(
         input_shape: ``(H, W, 3)``; ``None`` dims accept any size.
         weights: ``None``/``"none"`` (random init), ``"imagenet"``, ``"auto"``
             (ImageNet when Keras has the file cached or can download it, else random
-            init with one warning saying why), or a path to a weights file.
+            init with one warning saying why), a path to a weights file, or
+            ``"timm:NAME"`` / ``"keras-hub:PRESET"``: pretrained weights downloaded
+            and converted once by ``semseg_suite.weights`` (ResNet18/34, DenseNets).
         output_stride: 8, 16 or 32.
         multi_grid: last-stage unit rates, used by frontends that support it and
             ignored by the others.
@@ -83,6 +85,11 @@ def build_frontend(
         try:
             return spec.build(input_shape, "imagenet", output_stride, multi_grid)
         except FrontendWeightsError as error:
+    if isinstance(weights, str) and ":" in weights:
+        from semseg_suite import weights as converted  # here: it imports this package
+
+        if converted.is_hub_spec(weights):
+            weights = str(converted.resolve(weights, name))
             logging.getLogger("semseg_suite").warning(
                 "%s Using random initialisation for %s; --frontend-weights none skips this check.",
                 error,

@@ -105,7 +105,7 @@ def application(app_fn: Callable[..., keras.Model], name: str, input_shape, weig
         ) from None
 
 
-def handwritten_inputs(name: str, module: str, weights, input_tensor, input_shape):
+def handwritten_inputs(name: str, weights, input_tensor, input_shape):
     """Checks ``weights`` and returns the input of a hand-written backbone.
 
     For backbones written here in the ``keras.applications`` style (ResNet18/34,
@@ -115,14 +115,14 @@ def handwritten_inputs(name: str, module: str, weights, input_tensor, input_shap
 
     Args:
         name: the network's name, e.g. ``"ResNet18"``.
-        module: the module that defines its constructor, for the message.
     """
     if weights == "imagenet":
         raise FrontendWeightsError(
-            f"Keras publishes no ImageNet weights for {name}. Convert torchvision's "
-            f"{name.lower()} weights to a Keras .weights.h5 file for {module}.{name}() "
-            "and pass its path as the frontend weights, or skip pretrained weights with "
-            "--frontend-weights none (frontend_weights=None in Python)."
+            f"Keras publishes no ImageNet weights for {name}. Use --frontend-weights "
+            f"timm:{name.lower()}.tv_in1k (downloaded and converted once), or convert a local "
+            f"file with `python -m semseg_suite.weights convert model.safetensors --frontend {name} "
+            f"--output {name.lower()}.weights.h5` and pass its path; or skip pretrained weights "
+            "with --frontend-weights none (frontend_weights=None in Python)."
         )
     if weights is not None and not os.path.isfile(str(weights)):
         raise FileNotFoundError(f"{weights}: weights file not found")

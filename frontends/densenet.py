@@ -28,8 +28,9 @@ stem, so it cannot build DenseNet-161. ``DenseNet161()`` below builds it with th
 initialisation), so its trainable parameters are torchvision's headless count,
 26,472,000. Keras publishes no ImageNet weights for it: ``weights="imagenet"``
 raises ``FrontendWeightsError`` (``weights="auto"`` then falls back to random
-initialisation); convert torchvision's ``densenet161`` to a ``.weights.h5`` file
-for the model ``DenseNet161()`` returns and pass its path. All four expect
+initialisation); torchvision's (timm's) ``densenet161`` converts once with
+`semseg_suite.weights` (``--frontend-weights timm:densenet161.tv_in1k``, or a
+``.weights.h5`` file it wrote). All four expect
 ``torch`` preprocessing (``keras.applications.densenet.preprocess_input``: RGB in
 [0, 1], ImageNet mean and std).
 
@@ -146,7 +147,7 @@ def _densenet(
     classifier_activation,
 ) -> keras.Model:
     growth_rate, blocks, stem = CONFIGS[name]
-    inputs = handwritten_inputs(name, "frontends.densenet", weights, input_tensor, input_shape)
+    inputs = handwritten_inputs(name, weights, input_tensor, input_shape)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = _conv(stem, 7, strides=2, padding="valid", name="conv1_conv")(x)
     x = _bn("conv1_bn")(x)

@@ -24,9 +24,10 @@ for stride 1). Sizes are ``ceil(H / stride)`` for every input size.
 
 Keras publishes no ImageNet weights for these networks: ``weights="imagenet"``
 raises ``FrontendWeightsError`` (so ``weights="auto"`` falls back to random
-initialisation). To use ImageNet weights, convert torchvision's
-``resnet18``/``resnet34`` to a Keras ``.weights.h5`` file for the model returned
-by ``ResNet18()``/``ResNet34()`` and pass its path. Inputs are expected with
+initialisation). ImageNet weights come from torchvision's (timm's)
+``resnet18``/``resnet34`` or keras-hub's ``ResNetBackbone`` presets, converted once
+by `semseg_suite.weights` (``--frontend-weights timm:resnet18.tv_in1k``, or a
+``.weights.h5`` file it wrote). Inputs are expected with
 ``torch`` preprocessing (RGB in [0, 1], ImageNet mean and std).
 """
 
@@ -113,7 +114,7 @@ def _resnet(
     classes: int,
     classifier_activation,
 ) -> keras.Model:
-    inputs = handwritten_inputs(name, "frontends.resnet_basic", weights, input_tensor, input_shape)
+    inputs = handwritten_inputs(name, weights, input_tensor, input_shape)
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = _conv(64, 7, strides=2, padding="valid", name="conv1_conv")(x)
     x = _bn("conv1_bn")(x)

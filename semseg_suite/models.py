@@ -78,8 +78,10 @@ def build_model(
             ``C == 3``; models with their own encoder take any ``C``.
         output_stride: 8, 16 or 32, or ``None`` for the model's default; only for
             models on a frontend.
-        frontend_weights: ``None``, ``"imagenet"``, ``"auto"`` or a weights path;
-            ignored (except ``"imagenet"`` or a path, an error) without a frontend.
+        frontend_weights: ``None``, ``"imagenet"``, ``"auto"``, a weights path, or
+            ``"timm:NAME"`` / ``"keras-hub:PRESET"`` (converted once; see
+            ``semseg_suite.weights``); ignored (except ``"imagenet"``, a path or a
+            hub name, an error) without a frontend.
         auxiliary: for models with auxiliary heads (see ``loss_weights``), return
             the training model whose output is a dict ``{"logits": main,
             "<aux name>": ...}``; by default only the main logits.
