@@ -2,6 +2,8 @@
 
     python train.py --model DeepLabV3_plus --frontend Xception
     python train.py --model DeepLabV3 --frontend ResNet101 --dataset path/to/data --crop-height 512
+    python train.py --model FC-DenseNet103 --dataset path/to/camvid --recipe paper
+    python train.py --list-recipes
 
 ``--dataset`` also takes Pascal VOC, Cityscapes and ADE20K folders and ``tfds:NAME``;
 ``--images DIR --masks DIR --classes FILE`` a plain pair of folders. Without a
@@ -20,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
-from semseg_suite import class_weights, data, distribute, export, losses, optim, training  # noqa: E402
+from semseg_suite import class_weights, data, distribute, export, losses, optim, recipes, training  # noqa: E402
 from semseg_suite.cli import (  # noqa: E402
-    add_dataset_arguments, dataset_options, float_in, ignore_class, non_negative_float, positive_float, positive_int,
-    setup_logging, str2bool, unit_interval, unit_interval_left_open, unit_interval_open,
+    add_dataset_arguments, dataset_options, float_in, given_options, ignore_class, non_negative_float, positive_float,
+    positive_int, setup_logging, str2bool, unit_interval, unit_interval_left_open, unit_interval_open,
 )
 
 
@@ -126,6 +128,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     optimisation.add_argument("--ohem-ratio", type=unit_interval_left_open,
                               help="ohem loss: fraction of each image's hardest pixels kept (default: the loss's)")
     optimisation.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling, augmentation")
+    optimisation.add_argument("--recipe", metavar="NAME",
+                              help="apply the model's published training recipe (paper: its paper's optimiser, "
+                                   "schedule, weight decay, batch, crop, augmentation...) to every setting not "
+                                   "given on the command line; see --list-recipes (default: off)")
+    optimisation.add_argument("--list-recipes", action="store_true",
+                              help="print every model's recipes (settings as flags, source, notes) and exit")
 
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-dir", help="where checkpoints, log and plots go (default: checkpoints/MODEL_FRONTEND)")
@@ -155,28 +163,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scale_min > args.scale_max:
         parser.error(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
+    args.explicit = given_options(parser, argv, args)
     return args
 
 
 def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
-    """Flags map one to one onto ``TrainConfig`` and ``AugmentConfig`` fields (the scale range is two flags)."""
-    names = {field.name for field in dataclasses.fields(training.TrainConfig)} - {"augment", "data_options"}
+    """Flags map one to one onto ``TrainConfig`` and ``AugmentConfig`` fields (the scale range is two flags);
+    ``explicit`` holds the fields whose flags were given (``--scale-min`` or ``--scale-max``: ``scale_range``)."""
+    names = {field.name for field in dataclasses.fields(training.TrainConfig)} - {"augment", "data_options", "explicit"}
     augment = data.AugmentConfig(
         scale_range=(args.scale_min, args.scale_max),
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(data.AugmentConfig)
            if field.name != "scale_range"},
     )
+    explicit = frozenset("scale_range" if dest in ("scale_min", "scale_max") else dest
+                         for dest in args.explicit)
     return training.TrainConfig(
-        **{name: getattr(args, name) for name in names}, augment=augment, data_options=dataset_options(args)
+        **{name: getattr(args, name) for name in names}, augment=augment, data_options=dataset_options(args),
+        explicit=explicit,
     )
 
 
 def main(argv=None) -> int:
     setup_logging()
     args = parse_args(argv)
+    if args.list_recipes:
+        print(recipes.recipes_table())
+        return 0
     try:
         training.train(config_from_args(args))
-    except (data.DatasetError, export.CheckpointError, FileNotFoundError, FrontendWeightsError,
+    except (data.DatasetError, export.CheckpointError, FileNotFoundError, FrontendWeightsError, recipes.RecipeError,
             distribute.DistributeError, distribute.XLACompileError, class_weights.ClassWeightsError,
             losses.LossError, training.BatchSizeError, ModuleNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

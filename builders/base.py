@@ -26,6 +26,10 @@ training loop adds the weighted losses; ``build_model`` returns the inference mo
 (main logits only, ``semseg_suite.export.inference_model``) unless asked for
 ``auxiliary=True``, and saved ``best`` checkpoints, ``.h5`` files, ``test.py`` and
 ``predict.py`` use the main logits only.
+
+Training recipes: a builder registers what its paper says about training as
+``Recipe`` entries (``register(..., recipes={"paper": Recipe(...)})``);
+``train.py --recipe paper`` applies them (`semseg_suite.recipes`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class ModelSpec:
         default_frontend: frontend used when none is given.
         default_output_stride: output stride used when none is given.
         multi_grid: last-stage unit rates asked of frontends that support them.
+        takes_frontend: whether a frontend may be given at all.
+        paper_params: the parameter count the paper reports, if it does.
+        aux_loss_weights: auxiliary output name -> loss weight.
+        recipes: recipe name (``--recipe``) -> the training recipe.
     """
 
     name: str
@@ -58,6 +66,7 @@ class ModelSpec:
     takes_frontend: bool = True
     paper_params: "PaperParams | None" = None
     aux_loss_weights: tuple[tuple[str, float], ...] = ()
+    recipes: tuple[tuple[str, "Recipe"], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +97,74 @@ class PaperParams:
     note: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A published training recipe: only the settings its paper states.
+
+    Every setting is named as the ``TrainConfig`` (``semseg_suite.training``) or
+    ``AugmentConfig`` (``semseg_suite.data``) field it sets, and ``None`` means
+    "the paper does not say": the run keeps its own value for it. A learning rate
+    is for the suite's loss, the mean over valid pixels.
+
+    Attributes:
+        source: where the paper states it, e.g. ``"Jégou et al. 2017, Sec. 4"``.
+        note: what the paper does that the suite cannot, and what we interpreted.
+        optimizer: ``sgd``, ``adam``, ``adamw`` or ``rmsprop``.
+        learning_rate: the initial (peak) rate.
+        momentum: SGD's momentum.
+        lr_schedule: ``poly`` (power 0.9), ``cosine``, ``step`` or ``constant``.
+        lr_step_epochs: ``step``: epochs between decays (1: a decay per epoch).
+        lr_step_factor: ``step``: the factor of each decay.
+        weight_decay: the paper's weight decay (the suite applies it decoupled,
+            see `semseg_suite.recipes`).
+        batch_size: images per update.
+        crop_height: training crop height.
+        crop_width: training crop width.
+        num_epochs: epochs of the run.
+        iterations: updates of the run, when the paper counts those: converted to
+            epochs of the user's training split once its size is known.
+        patience: early-stopping patience in epochs.
+        loss: the loss (``semseg_suite.losses`` names).
+        class_weights: ``median-frequency`` or ``enet``.
+        scale_range: (min, max) of the random rescale.
+        h_flip: random left-right flips.
+        v_flip: random up-down flips.
+        rotation: maximum random rotation in degrees.
+        blur_prob: probability of a random Gaussian blur.
+    """
+
+    source: str
+    note: str = ""
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    momentum: float | None = None
+    lr_schedule: str | None = None
+    lr_step_epochs: float | None = None
+    lr_step_factor: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    crop_height: int | None = None
+    crop_width: int | None = None
+    num_epochs: int | None = None
+    iterations: int | None = None
+    patience: int | None = None
+    loss: str | None = None
+    class_weights: str | None = None
+    scale_range: tuple[float, float] | None = None
+    h_flip: bool | None = None
+    v_flip: bool | None = None
+    rotation: float | None = None
+    blur_prob: float | None = None
+
+    def settings(self) -> dict:
+        """The settings the paper states, by field name, in declaration order."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("source", "note") and getattr(self, field.name) is not None
+        }
+
+
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
@@ -100,6 +177,7 @@ def register(
     takes_frontend: bool = True,
     paper_params: PaperParams | None = None,
     aux_loss_weights: Mapping[str, float] | None = None,
+    recipes: Mapping[str, Recipe] | None = None,
 ):
     """Decorator registering a builder function under ``name``.
 
@@ -115,6 +193,8 @@ def register(
         paper_params: the parameter count the paper reports, if it does.
         aux_loss_weights: auxiliary output name -> loss weight, for builders
             that return auxiliary logits (see the module docstring).
+        recipes: recipe name -> the training recipe its paper gives
+            (``"paper"``), for ``train.py --recipe``.
     """
     if default_frontend is None:
         default_output_stride = None
@@ -131,6 +211,7 @@ def register(
                 takes_frontend,
                 paper_params,
                 tuple((aux_loss_weights or {}).items()),
+                tuple((recipes or {}).items()),
             ),
         )
         return build

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import keras
 
-from builders.base import PaperParams, frontend_features, register
+from builders.base import PaperParams, Recipe, frontend_features, register
 from semseg_suite import layers
 
 # The joint loss (Sec. 3.3, "Loss function"): the principal loss plus alpha times
@@ -77,6 +77,24 @@ def feature_fusion(spatial, context, filters: int, *, name: str = "ffm"):
             "table reports, so the architecture is the paper's."
         ),
     ),
+    recipes={
+        "paper": Recipe(
+            source="Yu et al. 2018, Sec. 4 (implementation protocol)",
+            note=(
+                "The paper's scales {0.75, 1, 1.5, 1.75, 2} are drawn here from the range 0.75-2. The "
+                "crop depends on the dataset (Cityscapes 1024x1024, CamVid 960x720, COCO-Stuff 640x640: "
+                "set --crop-height/--crop-width). No epoch count is stated."
+            ),
+            optimizer="sgd",
+            learning_rate=0.025,
+            momentum=0.9,
+            lr_schedule="poly",
+            weight_decay=1e-4,
+            batch_size=16,
+            scale_range=(0.75, 2.0),
+            h_flip=True,
+        )
+    },
 )
 def build_bisenet(
     frontend: keras.Model,

@@ -6,13 +6,34 @@ from __future__ import annotations
 
 import keras
 
-from builders.base import PaperParams, frontend_features, register
+from builders.base import PaperParams, Recipe, frontend_features, register
 from semseg_suite import layers
 
 ASPP_L_RATES = (6, 12, 18, 24)  # Sec. 4.1.2, Table 3 (ASPP-L); ASPP-S is (2, 4, 8, 12)
 LARGE_FOV_RATE = 12
 FC_CHANNELS = 1024  # fc6 and fc7 of the VGG-16 variants
 DROPOUT = 0.5
+
+
+def _paper_recipe(learning_rate: float, rate_source: str) -> Recipe:
+    """Sec. 4.1's training (poly, batch 10, 20K iterations, Table 1) at the variant's rate."""
+    return Recipe(
+        source=f"Chen et al. 2018 (DeepLab v2), Sec. 4.1 and Table 1; learning rate: {rate_source}",
+        note=(
+            "Batch 10 and 20K iterations are Table 1's best schedule. Not done: the classifier's 10x "
+            "learning rate (the whole network trains at the base rate) and the dense CRF."
+        ),
+        optimizer="sgd",
+        learning_rate=learning_rate,
+        momentum=0.9,
+        lr_schedule="poly",
+        weight_decay=5e-4,
+        batch_size=10,
+        crop_height=321,
+        crop_width=321,
+        iterations=20_000,
+        scale_range=(0.5, 1.5),
+    )
 
 
 def _fc_branch(x, num_classes, rate, channels, dropout, name):
@@ -28,7 +49,12 @@ def _is_vgg(frontend):
     return frontend.name.lower().startswith("vgg")
 
 
-@register("DeepLabV2-ASPP", default_frontend="ResNet101", default_output_stride=8)
+@register(
+    "DeepLabV2-ASPP",
+    default_frontend="ResNet101",
+    default_output_stride=8,
+    recipes={"paper": _paper_recipe(2.5e-4, "2.5e-4, the authors' released ResNet-101 solver")},
+)
 def build_deeplabv2_aspp(
     frontend: keras.Model,
     num_classes: int,
@@ -85,6 +111,7 @@ def build_deeplabv2_aspp(
     paper_params=PaperParams(
         20.5e6, "Chen et al. 2015 (DeepLab v1, ICLR), Table 2 (DeepLab-CRF-LargeFOV)", num_classes=21, frontend="VGG16"
     ),
+    recipes={"paper": _paper_recipe(1e-3, "1e-3, DeepLab v1 (Chen et al. 2015, Sec. 4), kept in v2")},
 )
 def build_deeplabv2_large_fov(
     frontend: keras.Model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from builders.base import frontend_features, register
+from builders.base import Recipe, frontend_features, register
 from semseg_suite import layers
 
 
@@ -14,7 +14,34 @@ def default_atrous_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(r * 16 // output_stride for r in (6, 12, 18))
 
 
-@register("DeepLabV3", default_frontend="ResNet101", default_output_stride=16, multi_grid=(1, 2, 4))
+# Sec. 4.1, training protocol: the first stage (PASCAL VOC train_aug, output stride 16).
+PAPER_RECIPE = Recipe(
+    source="Chen et al. 2017 (DeepLabv3), Sec. 4.1",
+    note=(
+        "Momentum 0.9 is DeepLab v1/v2's (v3 does not restate it); no weight decay is stated. Not done: "
+        "the second stage (BN frozen, output stride 8, trainval, lr 0.001, another 30K iterations), and "
+        "BN decay 0.9997 (the suite's BN momentum is 0.9)."
+    ),
+    optimizer="sgd",
+    learning_rate=0.007,
+    momentum=0.9,
+    lr_schedule="poly",
+    batch_size=16,
+    crop_height=513,
+    crop_width=513,
+    iterations=30_000,
+    scale_range=(0.5, 2.0),
+    h_flip=True,
+)
+
+
+@register(
+    "DeepLabV3",
+    default_frontend="ResNet101",
+    default_output_stride=16,
+    multi_grid=(1, 2, 4),
+    recipes={"paper": PAPER_RECIPE},
+)
 def build_deeplabv3(
     frontend: keras.Model,
     num_classes: int,

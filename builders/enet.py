@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from builders.base import PaperParams, register
+from builders.base import PaperParams, Recipe, register
 from semseg_suite import layers
 
 # The paper's Table 1, stages 2 and 3 after the downsampling bottleneck 2.0: the
@@ -207,6 +207,21 @@ def upsampling_bottleneck(x, filters: int, indices, prepool, *, dropout: float, 
         note="The paper does not say for which class count; each class adds 65 "
         "parameters (11 = CamVid).",
     ),
+    recipes={
+        "paper": Recipe(
+            source="Paszke et al. 2016, Sec. 5",
+            note=(
+                "No schedule, epoch count, crop or augmentation is stated: the suite's stay. Not done: "
+                "the first of the paper's two stages, training the encoder alone on downsampled labels "
+                "before appending the decoder."
+            ),
+            optimizer="adam",
+            learning_rate=5e-4,
+            weight_decay=2e-4,
+            batch_size=10,
+            class_weights="enet",
+        )
+    },
 )
 def build_enet(
     frontend: keras.Model | None,

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import keras
 
-from builders.base import PaperParams, register
+from builders.base import PaperParams, Recipe, register
 from semseg_suite import layers
 
 NUM_POOLS = 5  # five transitions down and five up in every FC-DenseNet of the paper
@@ -183,6 +183,30 @@ def _paper_params(params: float, note: str = "") -> PaperParams:
     )
 
 
+# Sec. 4 (training) and 4.1 (CamVid crops and batch), the same for the three depths.
+PAPER_RECIPE = Recipe(
+    source="Jégou et al. 2017, Sec. 4 and 4.1",
+    note=(
+        "Random crops without rescaling; the paper's 'vertical flips' are read as mirror images "
+        "(--h-flip). No epoch count: training stops early (patience 100 on val mIoU), else after "
+        "--num-epochs. Not done: the second stage, fine-tuning on full-size images at 1e-4 with "
+        "patience 50. Keras's RMSProp epsilon is 1e-7 (Lasagne's 1e-6)."
+    ),
+    optimizer="rmsprop",
+    learning_rate=1e-3,
+    lr_schedule="step",
+    lr_step_epochs=1,
+    lr_step_factor=0.995,
+    weight_decay=1e-4,
+    batch_size=3,
+    crop_height=224,
+    crop_width=224,
+    patience=100,
+    scale_range=(1.0, 1.0),
+    h_flip=True,
+)
+
+
 @register(
     "FC-DenseNet56",
     default_frontend=None,
@@ -194,6 +218,7 @@ def _paper_params(params: float, note: str = "") -> PaperParams:
         "included), 7% fewer; the same construction matches Table 3 for FC-DenseNet67 "
         "and FC-DenseNet103 within 0.3%, so we keep the paper's architecture.",
     ),
+    recipes={"paper": PAPER_RECIPE},
 )
 def build_fc_densenet56(
     frontend, num_classes: int, *, input_shape=(None, None, 3), dropout: float = 0.2
@@ -218,6 +243,7 @@ def build_fc_densenet56(
     default_frontend=None,
     takes_frontend=False,
     paper_params=_paper_params(3.5e6),
+    recipes={"paper": PAPER_RECIPE},
 )
 def build_fc_densenet67(
     frontend, num_classes: int, *, input_shape=(None, None, 3), dropout: float = 0.2
@@ -243,6 +269,7 @@ def build_fc_densenet67(
     default_frontend=None,
     takes_frontend=False,
     paper_params=_paper_params(9.4e6),
+    recipes={"paper": PAPER_RECIPE},
 )
 def build_fc_densenet103(
     frontend, num_classes: int, *, input_shape=(None, None, 3), dropout: float = 0.2

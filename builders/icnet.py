@@ -7,7 +7,7 @@ from typing import Sequence
 
 import keras
 
-from builders.base import register
+from builders.base import Recipe, register
 from semseg_suite import layers
 
 # Cascade label guidance: loss weights (the paper's lambdas) of the sub4 and sub24
@@ -66,7 +66,31 @@ def cascade_feature_fusion(
     return keras.layers.ReLU(name=f"{name}_relu")(x), guidance
 
 
-@register("ICNet", default_frontend="ResNet50", default_output_stride=8, aux_loss_weights=AUX_WEIGHTS)
+@register(
+    "ICNet",
+    default_frontend="ResNet50",
+    default_output_stride=8,
+    aux_loss_weights=AUX_WEIGHTS,
+    recipes={
+        "paper": Recipe(
+            source="Zhao et al. 2018 (ICNet), implementation details of the experiments",
+            note=(
+                "30K iterations are the Cityscapes (and COCO-Stuff) schedule, CamVid's is 10K (set "
+                "--num-epochs). No crop size is stated. Not done: the paper's model compression (kernel "
+                "pruning) of the trained network."
+            ),
+            optimizer="sgd",
+            learning_rate=0.01,
+            momentum=0.9,
+            lr_schedule="poly",
+            weight_decay=1e-4,
+            batch_size=16,
+            iterations=30_000,
+            scale_range=(0.5, 2.0),
+            h_flip=True,
+        )
+    },
+)
 def build_icnet(
     frontend: keras.Model,
     num_classes: int,

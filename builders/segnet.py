@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from builders.base import PaperParams, register
+from builders.base import PaperParams, Recipe, register
 from semseg_suite import layers
 
 # VGG16's convolutional stages: (filters, convolutions) per encoder stage.
@@ -35,6 +35,23 @@ def decoder_widths(stages=VGG16_STAGES) -> list[list[int]]:
     return widths
 
 
+# Training of Sec. 3.2 (the CamVid decoder-variant study).
+PAPER_RECIPE = Recipe(
+    source="Badrinarayanan et al. 2017, Sec. 3.2",
+    note=(
+        "Sec. 3.2 states it for the CamVid decoder variants (SegNet-Basic and its relatives); we use it "
+        "for SegNet too. Trained until the training loss converges: no epoch count. No augmentation "
+        "is stated: the suite's stays."
+    ),
+    optimizer="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    lr_schedule="constant",
+    batch_size=12,
+    class_weights="median-frequency",
+)
+
+
 @register(
     "SegNet",
     default_frontend=None,
@@ -46,6 +63,7 @@ def decoder_widths(stages=VGG16_STAGES) -> list[list[int]]:
         num_classes=11,
         note="11 CamVid classes, as the SegNet and ENet papers trained it.",
     ),
+    recipes={"paper": PAPER_RECIPE},
 )
 def build_segnet(
     frontend: keras.Model | None,
@@ -115,6 +133,7 @@ def build_segnet(
         num_classes=11,
         note="11 CamVid classes (the paper's decoder analysis).",
     ),
+    recipes={"paper": PAPER_RECIPE},
 )
 def build_segnet_basic(
     frontend: keras.Model | None,

@@ -16,6 +16,18 @@ def setup_logging() -> None:
     logger.propagate = False
 
 
+def given_options(parser: argparse.ArgumentParser, argv, args: argparse.Namespace) -> frozenset[str]:
+    """The destinations of the options given on the command line ``argv``.
+
+    Parses ``argv`` again into a namespace that already holds a marker for every
+    destination of ``args`` (the first parse): argparse sets no default where a
+    value is present, so whatever still holds the marker was not given.
+    """
+    unset = object()
+    probe = parser.parse_args(argv, argparse.Namespace(**{dest: unset for dest in vars(args)}))
+    return frozenset(dest for dest, value in vars(probe).items() if value is not unset)
+
+
 def str2bool(value: str) -> bool:
     """Parses the old suite's boolean flag values (``--h_flip True``)."""
     lowered = str(value).lower()

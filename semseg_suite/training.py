@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 import semseg_suite
-from semseg_suite import class_weights, data, distribute, export, losses, metrics, optim, visualize
+from semseg_suite import class_weights, data, distribute, export, losses, metrics, optim, recipes, visualize
 
 log = logging.getLogger("semseg_suite")
 
@@ -304,6 +304,11 @@ class TrainConfig:
     # `data.DatasetOptions` fields besides ignore_class (plain folders, SBD, TFDS keys)
     data_options: dict = dataclasses.field(default_factory=dict)
     augment: data.AugmentConfig = dataclasses.field(default_factory=data.AugmentConfig)
+    # a recipe of the model (`semseg_suite.recipes`, e.g. "paper"), applied by `train`
+    recipe: str | None = None
+    # fields (TrainConfig or AugmentConfig names) the user set explicitly, e.g. the
+    # flags given to train.py: a recipe leaves them, as it does any non-default value
+    explicit: frozenset = frozenset()
 
 
 # Defaults on the built-in synthetic dataset: sized so the README's first command
@@ -563,6 +568,7 @@ def train(config: TrainConfig) -> dict:
         NonFiniteLossError: the loss became NaN or infinite; the checkpoints of the
             last good epoch are kept.
     """
+    config, from_recipe = recipes.apply_recipe(config)
     config = resolve_defaults(config)
     if config.tensorboard is not None and not importlib.util.find_spec("tensorboard"):
         raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard")
@@ -576,6 +582,10 @@ def train(config: TrainConfig) -> dict:
     crop = (config.crop_height, config.crop_width)
     data.check_crop(info, crop, max_scale=config.augment.scale_range[1])
     steps = len(info.splits["train"]) // config.batch_size
+    if "iterations" in from_recipe:
+        config = dataclasses.replace(config, num_epochs=recipes.epochs_for(from_recipe["iterations"], steps))
+        log.info("Recipe %r: %d iterations are %d epochs of %d steps on this training split", config.recipe,
+                 from_recipe["iterations"], config.num_epochs, steps)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise distribute.DistributeError(
             f"--batch-size {config.batch_size} is the global batch: it must be a multiple of the "
