@@ -109,9 +109,10 @@ def test_models_with_auxiliary_heads(model_name):
     outputs = trained(x, training=False)
     assert set(outputs) == set(weights)
     for name, logits in outputs.items():
-        # per-pixel heads at the input's size; a (B, C) head is a class-presence one (EncNet's "se"),
-        # a 1-channel one a border map (DFN's border network)
-        expected = (1, 3) if name == "se" else (1, 64, 96, 1) if name.startswith("border") else (1, 64, 96, 3)
+        # per-pixel heads at the input's size; a (B, C) head is a class-presence one (EncNet's "se",
+        # ExFuse's semantic supervision "ss_*"), a 1-channel one a border map (DFN's border network)
+        presence = name == "se" or name.startswith("ss_")
+        expected = (1, 3) if presence else (1, 64, 96, 1) if name.startswith("border") else (1, 64, 96, 3)
         assert tuple(logits.shape) == expected and logits.dtype == "float32", name
     served = export.inference_model(trained)
     np.testing.assert_allclose(np.asarray(served(x)), np.asarray(outputs["logits"]), atol=1e-5)
