@@ -18,7 +18,7 @@ from frontends.base import (
     endpoint_name,
     keras_cache_dir,
 )
-from frontends import convnext, efficientnet, efficientnet_v2, inception, mobilenet_v3, resnet_v2
+from frontends import convnext, efficientnet, efficientnet_v2, inception, mobilenet_v3, nasnet, resnet_v2
 from frontends.densenet import build_densenet
 from frontends.mobilenet import build_mobilenet_v2
 from frontends.resnet import build_resnet
@@ -53,6 +53,8 @@ for _variant, _build in inception.BUILDERS.items():
     FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "tf"))
 for _variant, _build in convnext.BUILDERS.items():
     FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "torch"))  # in-graph normalisation dropped
+for _variant, _build in nasnet.BUILDERS.items():
+    FRONTENDS.add(_variant, FrontendSpec(_variant, _build, "tf"))
 
 def build_frontend(
     name: str,
@@ -81,15 +83,15 @@ def build_frontend(
         multi_grid = None
     if weights == "none":
         weights = None
-    if weights == "auto":
-        try:
-            return spec.build(input_shape, "imagenet", output_stride, multi_grid)
-        except FrontendWeightsError as error:
     if isinstance(weights, str) and ":" in weights:
         from semseg_suite import weights as converted  # here: it imports this package
 
         if converted.is_hub_spec(weights):
             weights = str(converted.resolve(weights, name))
+    if weights == "auto":
+        try:
+            return spec.build(input_shape, "imagenet", output_stride, multi_grid)
+        except FrontendWeightsError as error:
             logging.getLogger("semseg_suite").warning(
                 "%s Using random initialisation for %s; --frontend-weights none skips this check.",
                 error,
