@@ -190,13 +190,15 @@ def build_exfuse(
         auxiliary loss weights (its text was not reachable here), so the weight
         is an assumption. The inference model drops the branches, as the paper
         does after pretraining.
-      * **LR**, layer rearrangement, is *not* implemented: the paper
-        moves residual blocks from res-4 to the other stages of its ResNeXt-101
-        ({3, 4, 23, 3} -> {8, 8, 9, 8} blocks) and pretrains the new network on
-        ImageNet. A moved block would have another stage's width, so a registry
-        frontend's blocks and weights cannot be re-wired into the new stages; it
-        needs a frontend of its own (a ResNet-101 with {8, 8, 9, 8} blocks), which
-        the registry does not have.
+      * **LR**, layer rearrangement, is a frontend of its own:
+        ``--frontend ResNet101LR`` (``frontends.resnet_lr``) is ResNet-101 with the
+        paper's {8, 8, 9, 8} blocks per stage instead of {3, 4, 23, 3} (the paper
+        rearranges its ResNeXt-101). Random initialisation only: the paper
+        retrains the rearranged network on ImageNet, which is not done here, and
+        a registry frontend's pretrained blocks cannot be re-wired into it (a
+        moved block would have another stage's width). The default frontend stays
+        the pretrained ResNet-101, so ExFuse's default is the paper's model
+        without LR (the paper's final results include LR).
 
     Other choices: the paper's backbone is ResNeXt-101 (not in the registry;
     ResNet-101 is the default here, any frontend works). GCN's k = 15 (the GCN

@@ -23,6 +23,7 @@ from frontends.densenet import build_densenet
 from frontends.mobilenet import build_mobilenet_v2
 from frontends.resnet import build_resnet
 from frontends.resnet_basic import build_resnet_basic
+from frontends.resnet_lr import build_resnet101_lr
 from frontends.vgg import build_vgg16
 from frontends.xception import build_xception
 from semseg_suite.registry import Registry
@@ -34,6 +35,7 @@ for _depth in ("ResNet50", "ResNet101", "ResNet152"):
         _depth,
         FrontendSpec(_depth, functools.partial(build_resnet, _depth), "caffe", supports_multi_grid=True),
     )
+FRONTENDS.add("ResNet101LR", FrontendSpec("ResNet101LR", build_resnet101_lr, "caffe"))  # ExFuse's LR
 FRONTENDS.add("MobileNetV2", FrontendSpec("MobileNetV2", build_mobilenet_v2, "tf"))
 FRONTENDS.add("Xception", FrontendSpec("Xception", build_xception, "tf"))
 FRONTENDS.add("VGG16", FrontendSpec("VGG16", build_vgg16, "caffe"))

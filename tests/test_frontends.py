@@ -247,8 +247,8 @@ def test_basic_resnet_imagenet_is_a_clear_error(name):
     with pytest.raises(FrontendWeightsError) as info:
         build_frontend(name, weights="imagenet")
     message = str(info.value)
-    assert "no ImageNet weights" in message and "torchvision" in message
-    assert ".weights.h5" in message and "--frontend-weights none" in message
+    assert "no ImageNet weights" in message and f"timm:{name.lower()}.tv_in1k" in message
+    assert "semseg_suite.weights convert" in message and "--frontend-weights none" in message
 
 
 def test_basic_resnet_auto_weights_fall_back(caplog):
@@ -375,7 +375,7 @@ def test_densenet161_imagenet_is_a_clear_error():
     with pytest.raises(FrontendWeightsError) as info:
         build_frontend("DenseNet161", weights="imagenet")
     message = str(info.value)
-    assert "no ImageNet weights" in message and "torchvision" in message
-    assert ".weights.h5" in message and "--frontend-weights none" in message
+    assert "no ImageNet weights" in message and "timm:densenet161.tv_in1k" in message
+    assert "semseg_suite.weights convert" in message and "--frontend-weights none" in message
     assert FRONTENDS.get("DenseNet161").preprocessing == "torch"
     assert FRONTENDS.get("DenseNet121").preprocessing == "torch"

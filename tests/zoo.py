@@ -8,7 +8,7 @@ BIG_FRONTENDS = {
     "ResNet101", "ResNet152", "DenseNet161", "DenseNet169", "DenseNet201",
     "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "EfficientNetV2M", "EfficientNetV2L",
     "ResNet101V2", "ResNet152V2", "InceptionResNetV2",
-    "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge", "NASNetLarge",
+    "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge", "NASNetLarge", "ResNet101LR",
 }
 
 
