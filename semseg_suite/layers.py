@@ -276,9 +276,15 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
     the row-major position, in ``[0, k*k)``, of the maximum inside its window (the
     first one on ties), per sample and channel: what SegNet and ENet keep to
     unpool later. Inputs whose size is not a multiple of ``k`` are padded at the
-    bottom/right with the lowest value, so ``pooled`` is ``ceil(H/k) x ceil(W/k)``
-    (same padding). Window-relative indices, unlike ``tf.nn.max_pool_with_argmax``'s
-    flat ones, need no scatter to unpool and work on every Keras backend.
+    bottom/right, so ``pooled`` is ``ceil(H/k) x ceil(W/k)`` (same padding):
+    ``indices`` come from the input shifted by its minimum (so >= 0) and
+    zero-padded, where a padded value never exceeds a real one and every window's
+    first (top-left) element is real, so ``indices`` always point at a real
+    position, and ``pooled`` is the value there. (No padding constant such as
+    -3e38: int8 calibration would take it into the tensor's range, and since
+    TFLite's pad and max keep their input's scale, every value would quantise to
+    zero.) Window-relative indices, unlike ``tf.nn.max_pool_with_argmax``'s flat
+    ones, need no scatter to unpool and work on every Keras backend.
 
     Args:
         pool_size: window size and stride ``k`` (2 in SegNet and ENet).
@@ -293,22 +299,32 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
         batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
         channels = x.shape[-1]
         pad_h, pad_w = (k - height % k) % k, (k - width % k) % k  # not (-h) % k: ONNX Mod of negatives differs
-        lowest = -65504.0 if keras.backend.standardize_dtype(x.dtype) == "float16" else -3.0e38
-        x = ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], constant_values=lowest)
+        padding = [[0, 0], [0, pad_h], [0, pad_w], [0, 0]]
         rows, cols = (height + pad_h) // k, (width + pad_w) // k
-        windows = ops.reshape(x, (batch, rows, k, cols, k, channels))
-        windows = ops.transpose(windows, (0, 1, 3, 5, 2, 4))
-        windows = ops.reshape(windows, (batch, rows, cols, channels, k * k))
-        pooled = ops.max(windows, axis=-1)
+
+        def windows(t):  # (batch, rows, cols, channels, k * k), row-major within each window
+            t = ops.reshape(t, (batch, rows, k, cols, k, channels))
+            t = ops.transpose(t, (0, 1, 3, 5, 2, 4))
+            return ops.reshape(t, (batch, rows, cols, channels, k * k))
+
+        # Where the maximum is: on the input shifted to >= 0 (in float32, so that
+        # bfloat16 rounding adds no ties) and zero-padded (a constant pad, which every
+        # converter takes), where a padded value never beats a real one.
+        lowest = ops.cast(ops.min(x), "float32")
+        ranks = windows(ops.pad(ops.cast(x, "float32") - lowest, padding))
         if keras.backend.backend() == "tensorflow":
             # tf.argmax, not ops.argmax: Keras' TensorFlow argmax of floats adds a
             # sign-bit test of zeros (Bitcast, BitwiseAnd) that TFLite and ONNX Runtime
             # cannot run; tf.argmax converts to their ArgMax, in float and in int8.
             import tensorflow as tf
 
-            indices = tf.math.argmax(windows, axis=-1, output_type=tf.int32)
+            indices = tf.math.argmax(ranks, axis=-1, output_type=tf.int32)
         else:
-            indices = ops.cast(ops.argmax(windows, axis=-1), "int32")
+            indices = ops.cast(ops.argmax(ranks, axis=-1), "int32")
+        # The maximum itself, selected from the input's own values (exact; its gradient
+        # goes to that position only).
+        found = ops.equal(ops.expand_dims(indices, -1), ops.arange(k * k, dtype="int32"))
+        pooled = ops.sum(ops.where(found, windows(ops.pad(x, padding)), ops.zeros((), x.dtype)), axis=-1)
         return pooled, indices
 
     def compute_output_shape(self, input_shape):
@@ -352,8 +368,12 @@ class MaxUnpooling2D(keras.layers.Layer):
         k = self.pool_size
         batch, rows, cols = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
         channels = x.shape[-1]
-        mask = ops.one_hot(indices, k * k, dtype=x.dtype)
-        windows = ops.reshape(mask * ops.expand_dims(x, -1), (batch, rows, cols, channels, k, k))
+        # A select, not a one-hot mask times x: TFLite's int8 ONE_HOT keeps its on/off
+        # values' own quantisation, so under the output's scale the zeros of the mask
+        # read as a small positive number and every position got a share of x.
+        found = ops.equal(ops.expand_dims(indices, -1), ops.arange(k * k, dtype="int32"))
+        windows = ops.where(found, ops.expand_dims(x, -1), ops.zeros((), x.dtype))
+        windows = ops.reshape(windows, (batch, rows, cols, channels, k, k))
         windows = ops.transpose(windows, (0, 1, 4, 2, 5, 3))
         full = ops.reshape(windows, (batch, rows * k, cols * k, channels))
         height, width = ops.shape(reference)[1], ops.shape(reference)[2]

@@ -33,6 +33,11 @@ SIZES = ((67, 93), (101, 75))
 NUM_CLASSES = 4
 COLORS = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
 FLOAT_AGREEMENT, INT8_AGREEMENT, MAX_LOGIT_DIFF = 0.999, 0.98, 1e-4
+# float16 weights move DeepLabV3+'s logits by up to ~4e-3 (measured); a pixel whose two
+# best Keras logits are closer than FP16_MAX_LOGIT_DIFF is a tie that rounding may
+# break either way (every disagreement measured had a margin below 2.5e-3), so fp16
+# agreement counts the other pixels, and the logit difference itself is bounded.
+FP16_MAX_LOGIT_DIFF = 1e-2
 # name -> (model, frontend, formats checked by default). Every format on
 # DeepLabV3+; on the others the formats between them covering each converter, to
 # keep the file within a few minutes on 2 cores; `pytest -m slow` checks every
@@ -47,11 +52,17 @@ MODELS = {
 # BiSeNet in int8 agrees with Keras on 99.98-100% of the pixels of CamVid crops but
 # only 91-97% on uniform noise (which its attention/context branches see nowhere in
 # training), whatever the training steps (25-80) or noise images in the calibration.
-NOISE_GAPS = {("BiSeNet ResNet18 (aux heads)", "tflite-int8")}
-# ENet in full-integer int8 agrees with Keras on only about 54% of the pixels (float
-# TFLite and ONNX: 100%); not its argmax (tf.argmax converts to TFLite's ARG_MAX) and
-# not found yet. Checked by `pytest -m slow` (every format), recorded as a known gap.
-BROKEN = {("ENet", "tflite-int8")}
+# ENet in full-integer int8 (checked by `pytest -m slow`): 99.3-99.5% on CamVid crops,
+# 93-94% on uniform noise, where QuantizationDebugger finds every layer at plain
+# rounding error (RMSE/scale 0.29-0.33) and the error accumulates over its ~220 layers.
+# ENet in float16 (also `-m slow`): 100% on CamVid crops, 99.84% on noise, where its
+# logits move by up to 0.27 (float16 rounding through its ~220 layers).
+NOISE_GAPS = {
+    ("BiSeNet ResNet18 (aux heads)", "tflite-int8"), ("ENet", "tflite-int8"), ("ENet", "tflite-fp16"),
+}
+# (model, format) pairs below the floor on every kind of image: none since the
+# unpooling models' int8 fix (MaxPoolingWithArgmax2D, MaxUnpooling2D).
+BROKEN = set()
 # Training steps per model (default 40).
 TRAIN_STEPS = {"BiSeNet": 40}
 
@@ -165,20 +176,25 @@ def check_parity(label, formats_to_check, trained, calibration_dir, folder):
         for key, image in images.items():
             result = exported.outputs(image)
             assert result["class_ids"].shape == image.shape[:2] and result["class_ids"].dtype == np.int32, key
-            agreement.append(np.mean(result["class_ids"] == reference[key].argmax(-1)))
+            decided = np.ones(image.shape[:2], bool)
+            if fmt == "tflite-fp16":
+                top2 = np.sort(reference[key], axis=-1)[..., -2:]
+                decided = top2[..., 1] - top2[..., 0] >= FP16_MAX_LOGIT_DIFF
+            agreement.append(np.mean((result["class_ids"] == reference[key].argmax(-1))[decided]))
             differences.append(np.abs(result["logits"] - reference[key]).max())
         floor = INT8_AGREEMENT if fmt == "tflite-int8" else FLOAT_AGREEMENT
+        # NOISE_GAPS: held to the goals on the CamVid-like images only; noise is a known gap
+        held = [i for i, key in enumerate(images) if (label, fmt) not in NOISE_GAPS or not key.startswith("random")]
         if (label, fmt) in BROKEN:
             gaps.append(f"{fmt}: {min(agreement):.2%} class-id agreement")
-        elif (label, fmt) in NOISE_GAPS:  # checked on the CamVid-like images only; noise is a known gap
-            camvid = [a for key, a in zip(images, agreement) if not key.startswith("random")]
-            assert min(camvid) >= floor, (label, fmt, agreement)
+        else:
+            assert min(agreement[i] for i in held) >= floor, (label, fmt, agreement)
             if min(agreement) < floor:
                 gaps.append(f"{fmt}: {min(agreement):.2%} class-id agreement on uniform noise")
-        else:
-            assert min(agreement) >= floor, (label, fmt, agreement)
         if fmt in ("savedmodel", "onnx"):
             assert max(differences) < MAX_LOGIT_DIFF, (label, fmt, differences)
+        if fmt == "tflite-fp16" and (label, fmt) not in BROKEN:
+            assert max(differences[i] for i in held) < FP16_MAX_LOGIT_DIFF, (label, fmt, differences)
     if gaps:
         pytest.xfail("known gaps (BROKEN, NOISE_GAPS): " + "; ".join(gaps))
 

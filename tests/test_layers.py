@@ -63,6 +63,51 @@ def test_pooling_and_unpooling_train_and_serialise(tmp_path):
     np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(model(x)))
 
 
+
+def test_int8_tflite_pooling_and_unpooling_at_an_odd_size_match_float():
+    """Full-integer int8 at 7x9 gives the float pooling and unpooling, to a step.
+
+    TFLite's pad and max keep their input's scale, so a padding value outside the
+    input's range (a constant -3e38) would become the scale and quantise every value
+    to 0; and an int8 one-hot mask's zeros, quantised apart from the mask, would
+    leak a share of each maximum into every position. The 126 inputs are distinct
+    levels two int8 steps apart: rounding keeps their order, so the int8 argmax is
+    the float one and each value is off by under a step.
+    """
+    pool, unpool = MaxPoolingWithArgmax2D(), MaxUnpooling2D()
+
+    @tf.function(input_signature=[tf.TensorSpec((1, None, None, 2), tf.float32)])
+    def pool_and_unpool(x):
+        def conv(x):  # a 1x1 identity convolution, requantised in int8 as in SegNet's encoder
+            return tf.nn.conv2d(x, tf.eye(2)[None, None], 1, "SAME")
+
+        x = tf.nn.relu(conv(x))
+        pooled, indices = pool(x)
+        pooled = conv(pooled)
+        return pooled, conv(unpool([pooled, indices, x]))
+
+    rng = np.random.default_rng(0)
+    levels = np.arange(126, dtype="float32") / 63  # [0, 2), 1/63 apart; int8 step 2/255
+    samples = [rng.permutation(levels).reshape(1, 7, 9, 2) for _ in range(9)]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [pool_and_unpool.get_concrete_function()], pool_and_unpool
+    )
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample] for sample in samples[1:])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    scales = [scale for t in interpreter.get_tensor_details() for scale in t["quantization_parameters"]["scales"]]
+    assert max(scales) < 0.02, max(scales)  # about 2/255 for values in [0, 2)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], samples[0].shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], samples[0])
+    interpreter.invoke()
+    got = {tuple(o["shape"]): interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()}
+    expected_pooled, expected_unpooled = numpy_pool_and_unpool(samples[0], 2)
+    np.testing.assert_allclose(got[(1, 4, 5, 2)], expected_pooled, atol=0.01)
+    np.testing.assert_allclose(got[(1, 7, 9, 2)], expected_unpooled, atol=0.01)
+
+
 def test_flops_match_a_hand_count():
     inputs = keras.Input((32, 48, 8))
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same")(inputs)  # 16x24 out
