@@ -3,10 +3,12 @@ Separable Convolution for Semantic Image Segmentation", ECCV 2018."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
-from builders.base import Recipe, frontend_features, register
-from builders.deeplabv3 import default_atrous_rates
+from builders.base import frontend_features, register
+from builders.deeplabv3 import PAPER_RECIPE, default_atrous_rates
 from semseg_suite import layers
 
 
@@ -15,22 +17,13 @@ from semseg_suite import layers
     default_frontend="Xception",
     default_output_stride=16,
     recipes={
-        "paper": Recipe(
+        "paper": dataclasses.replace(
+            PAPER_RECIPE,  # DeepLabv3's protocol, which v3+ follows
             source="Chen et al. 2018 (DeepLabv3+), Sec. 4, following DeepLabv3's Sec. 4.1",
             note=(
                 "The 30K iterations are DeepLabv3's, momentum 0.9 DeepLab v1/v2's; no weight decay is "
                 "stated. Not done: BN decay 0.9997 (the suite's BN momentum is 0.9)."
             ),
-            optimizer="sgd",
-            learning_rate=0.007,
-            momentum=0.9,
-            lr_schedule="poly",
-            batch_size=16,
-            crop_height=513,
-            crop_width=513,
-            iterations=30_000,
-            scale_range=(0.5, 2.0),
-            h_flip=True,
         )
     },
 )
