@@ -20,13 +20,7 @@ from frontends import FRONTENDS, build_frontend, nasnet
 from frontends.applications import endpoint_layer_names
 
 HEIGHT, WIDTH = 97, 131  # odd, and not a multiple of any stride
-# NASNetLarge (85 M parameters, 1000+ layers) is a big frontend: its dilated builds
-# are slow tests, as for zoo.BIG_FRONTENDS.
-PARAMS = [
-    pytest.param(name, os_, marks=pytest.mark.slow) if name == "NASNetLarge" and os_ != 32 else (name, os_)
-    for name in nasnet.VARIANTS
-    for os_ in (8, 16, 32)
-]
+PARAMS = [(name, os_) for name in nasnet.VARIANTS for os_ in (8, 16, 32)]
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +53,14 @@ def test_registered_with_tf_normalisation():
 
 @pytest.mark.parametrize("name,output_stride", PARAMS)
 def test_builds_with_nominal_strides_and_application_names(name, output_stride):
-    plain = _plain(name)
-    expected = _weight_shapes(plain)
-    last = plain.layers[-1].name
-    del plain
-    keras.backend.clear_session()  # so the generated names restart alike
+    expected = None
+    # Names are compared on the most rewritten graph (OS 8), or at OS 32 for
+    # NASNetLarge (85 M parameters), so that each of its builds makes one network.
+    if output_stride == (32 if name == "NASNetLarge" else 8):
+        plain = _plain(name)
+        expected = _weight_shapes(plain)
+        del plain
+        keras.backend.clear_session()  # so the generated names restart alike
     model = build_frontend(name, output_stride=output_stride)
     features = model(_images(HEIGHT, WIDTH))
     assert sorted(features) == sorted(f"stride{s}" for s in frontends.STRIDES)
@@ -72,12 +69,14 @@ def test_builds_with_nominal_strides_and_application_names(name, output_stride):
         got = tuple(features[f"stride{stride}"].shape)
         assert got[:3] == (1, math.ceil(HEIGHT / effective), math.ceil(WIDTH / effective)), (stride, got)
         assert np.isfinite(keras.ops.convert_to_numpy(features[f"stride{stride}"])).all(), stride
-    assert _weight_shapes(model) == expected
+    if expected is not None:
+        assert _weight_shapes(model) == expected
     table = nasnet.ENDPOINTS[name]
-    assert endpoint_layer_names(model) == {
-        **{f"stride{s}": table[s] for s in (2, 4, 8, 16)},
-        "stride32": last,  # the application's headless output, the last cell's ReLU
-    }
+    names = endpoint_layer_names(model)
+    assert {s: names[f"stride{s}"] for s in (2, 4, 8, 16)} == {s: table[s] for s in (2, 4, 8, 16)}
+    # stride32 is the application's headless output, the ReLU after the last cell
+    relus = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Activation)]
+    assert names["stride32"] == relus[-1]
 
 
 def test_strides_past_the_output_stride_become_dilation():
