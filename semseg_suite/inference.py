@@ -50,7 +50,8 @@ class Segmenter:
 
     Args:
         model: a model mapping normalised images to logits (auxiliary heads, if
-            any, are dropped).
+            any, are dropped; ``self.model`` is its `export.fold_batch_norm`
+            inference copy).
         metadata: the checkpoint's metadata (see ``semseg_suite.export``).
         options: a `semseg_suite.tiling.InferenceOptions` (default: the whole
             image once, no test-time augmentation).
@@ -58,6 +59,7 @@ class Segmenter:
 
     def __init__(self, model, metadata: dict, options: tiling.InferenceOptions | None = None):
         model = export.inference_model(model)  # main logits only (no auxiliary heads)
+        model = export.fold_batch_norm(model)  # each conv+BN pair as one conv, same logits
         self.model = model
         self.metadata = metadata
         self.options = options if options is not None else tiling.InferenceOptions()

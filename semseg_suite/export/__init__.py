@@ -14,6 +14,10 @@ Files are written to a temporary name in the same folder and moved into place wi
 only ever replaced, never changed in place, ``copy_checkpoint`` can hard-link a
 just-written ``latest`` as ``best`` instead of serialising the model again.
 
+``fold_batch_norm`` (from ``folding``, imported here) turns a checkpoint's model into
+an equal inference model with each conv+BN pair folded into the conv; `Segmenter`
+(so test.py and predict.py) and the serving graph of every exporter run that model.
+
 Deployment lives in the submodules, imported on demand (they need more of
 TensorFlow, and ONNX needs ``requirements-export.txt``): ``serving`` (the uint8-in,
 class-ids-out serving graph, with tiling and test-time augmentation inside),
@@ -35,6 +39,7 @@ import h5py
 import keras
 
 import semseg_suite  # noqa: F401  (registers custom layers for loading)
+from semseg_suite.export.folding import fold_batch_norm  # noqa: F401  (re-exported)
 
 METADATA_NAME = "semseg_suite.json"
 METADATA_ATTR = "semseg_suite"

@@ -86,7 +86,8 @@ class SegmentationServer(tf.Module):
 
     Args:
         model: a Keras model from normalised images to logits (auxiliary heads are
-            dropped: ``export.inference_model``).
+            dropped: ``export.inference_model``; conv+BN pairs are folded:
+            ``export.fold_batch_norm``).
         metadata: the checkpoint's metadata.
         options: `tiling.InferenceOptions` built into the graph.
         outputs: ``"ids"`` (class ids only), ``"probs"`` (also probabilities) or
@@ -103,7 +104,7 @@ class SegmentationServer(tf.Module):
         if outputs == "logits" and _uses_options(options):
             raise ValueError("--outputs logits cannot be combined with --tile/--scales/--flip "
                              "(they average probabilities); use --outputs probs")
-        model = export.inference_model(model)
+        model = export.fold_batch_norm(export.inference_model(model))
         # The model's TensorFlow variables, tracked explicitly, and the model itself
         # not tracked (only called through the logits function): through the Keras
         # model or its Keras variables, the TFLite converter does not find the
