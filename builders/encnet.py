@@ -69,8 +69,8 @@ def build_encnet(
     x = layers.conv_bn_relu(features["stride32"], filters, 3, name="enc_head")
     encoded = layers.conv_bn_relu(x, filters, 1, name="enc_project")
     encoded = layers.Encoding(codewords, name="enc_encoding")(encoded)
-    encoded = keras.layers.BatchNormalization(axis=1, momentum=layers.BN_MOMENTUM, epsilon=layers.BN_EPSILON,
-                                              name="enc_encoding_bn")(encoded)  # one BN per codeword, as the code
+    encoded = layers.BatchNormalization(axis=1, momentum=layers.BN_MOMENTUM, epsilon=layers.BN_EPSILON,
+                                       name="enc_encoding_bn")(encoded)  # one BN per codeword, as the code
     encoded = keras.layers.ReLU(name="enc_encoding_relu")(encoded)
     encoded = keras.layers.GlobalAveragePooling1D(name="enc_mean")(encoded)  # over the codewords (see doc)
     gamma = keras.layers.Dense(filters, activation="sigmoid", name="enc_gamma")(encoded)

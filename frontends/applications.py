@@ -25,8 +25,8 @@ from typing import Callable, Mapping
 
 import keras
 
-from frontends.base import STRIDES, application, check_output_stride, endpoint_name
-from semseg_suite.layers import BN_MOMENTUM, AtrousConv2D
+from frontends.base import STRIDES, application, check_output_stride, endpoint_name, needs_clone, remade
+from semseg_suite.layers import BN_MOMENTUM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +164,7 @@ def clone_with_plan(model: keras.Model, plan: Mapping[str, dict]) -> keras.Model
     An ``{"identity": True}`` entry may name a layer with weights (EfficientNet's
     ``Normalization`` holds mean and variance); its weights are not copied.
     """
-    if not plan:
+    if not needs_clone(model, plan):
         return model
 
     def clone_layer(layer):
@@ -177,13 +177,6 @@ def clone_with_plan(model: keras.Model, plan: Mapping[str, dict]) -> keras.Model
                 [remade(inner, overrides if inner is conv else {}) for inner in layer.layers], name=layer.name
             )
         return remade(layer, overrides)
-
-    def remade(layer, overrides):
-        config = {**layer.get_config(), **overrides}
-        cls = type(layer)
-        if cls is keras.layers.Conv2D and max(config["dilation_rate"]) > 1:
-            cls = AtrousConv2D
-        return cls.from_config(config)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
     for layer in model.layers:

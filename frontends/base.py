@@ -12,7 +12,9 @@ layer name. Turning strides into dilation is done by cloning the network with
 changed layer configs; every layer name and weight shape is kept, and the weights
 are copied over by name.
 
-Every batch norm of a frontend uses the suite's momentum (``BN_MOMENTUM``, 0.9):
+Every batch norm of a frontend is the suite's fused ``BatchNormalization`` (the
+clone replaces Keras' own; same config and weights, faster in training) and uses
+the suite's momentum (``BN_MOMENTUM``, 0.9):
 ``keras.applications`` ships 0.99 (0.999 for MobileNetV2), whose moving statistics
 lag the weights for the first hundreds to thousands of steps, so short fine-tuning
 or from-scratch runs would evaluate with statistics that do not match the weights.
@@ -28,7 +30,7 @@ from typing import Callable, Mapping
 
 import keras
 
-from semseg_suite.layers import BN_MOMENTUM, AtrousConv2D
+from semseg_suite.layers import BN_MOMENTUM, AtrousConv2D, BatchNormalization
 
 STRIDES = (2, 4, 8, 16, 32)
 OUTPUT_STRIDES = (8, 16, 32)
@@ -198,24 +200,38 @@ def dilation_plan(
     return plan
 
 
-def clone_with_overrides(model: keras.Model, plan: Mapping[str, dict]) -> keras.Model:
-    """Clones ``model`` with per-layer config overrides and copies its weights.
+def remade(layer: keras.layers.Layer, overrides: Mapping[str, object]) -> keras.layers.Layer:
+    """A new ``layer`` from its config with ``overrides``, without its weights.
 
-    Dense convolutions that end up dilated become ``AtrousConv2D`` (same config and
-    weights, fast native dilated kernel on TensorFlow).
+    Dense convolutions that end up dilated become ``AtrousConv2D`` (fast native
+    dilated kernel on TensorFlow), Keras' own batch norms the suite's fused
+    ``BatchNormalization``; both keep the config and the weights' names and shapes.
     """
-    if not plan:
+    config = {**layer.get_config(), **overrides}
+    cls = type(layer)
+    if cls is keras.layers.Conv2D and max(config["dilation_rate"]) > 1:
+        cls = AtrousConv2D
+    elif cls is keras.layers.BatchNormalization:
+        cls = BatchNormalization
+    return cls.from_config(config)
+
+
+def needs_clone(model: keras.Model, plan: Mapping[str, dict]) -> bool:
+    """Whether cloning ``model`` changes it: a plan, or a Keras batch norm to replace."""
+    return bool(plan) or any(type(layer) is keras.layers.BatchNormalization for layer in model.layers)
+
+
+def clone_with_overrides(model: keras.Model, plan: Mapping[str, dict]) -> keras.Model:
+    """Clones ``model`` with per-layer config overrides (``remade``) and copies its
+    weights, so ImageNet weights loaded into ``model`` land in the clone."""
+    if not needs_clone(model, plan):
         return model
 
     def clone_layer(layer):
         overrides = dict(plan.get(layer.name, {}))
         if overrides.pop("identity", False):
             return keras.layers.Identity(name=layer.name)
-        config = {**layer.get_config(), **overrides}
-        cls = type(layer)
-        if cls is keras.layers.Conv2D and max(config["dilation_rate"]) > 1:
-            cls = AtrousConv2D
-        return cls.from_config(config)
+        return remade(layer, overrides)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
     for layer in model.layers:

@@ -70,7 +70,7 @@ from __future__ import annotations
 import keras
 
 from frontends.base import build_frontend_model, check_output_stride, handwritten_inputs, handwritten_model
-from semseg_suite.layers import BN_EPSILON
+from semseg_suite.layers import BN_EPSILON, BatchNormalization
 
 # name -> (growth rate, dense layers per block (conv2..conv5), stem channels)
 CONFIGS = {
@@ -109,7 +109,7 @@ def _conv(filters, kernel_size, *, strides=1, padding="same", name):
 
 def _bn(name):
     # Momentum is a training setting: build_frontend_model sets the suite's.
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
+    return BatchNormalization(epsilon=BN_EPSILON, name=name)
 
 
 def dense_layer(x, growth_rate: int, *, name: str):

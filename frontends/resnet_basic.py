@@ -36,7 +36,7 @@ from __future__ import annotations
 import keras
 
 from frontends.base import build_frontend_model, handwritten_inputs, handwritten_model
-from semseg_suite.layers import BN_EPSILON
+from semseg_suite.layers import BN_EPSILON, BatchNormalization
 
 # Blocks per stage (conv2..conv5) per depth (He et al. 2016, Table 1).
 _BLOCKS = {"ResNet18": (2, 2, 2, 2), "ResNet34": (3, 4, 6, 3)}
@@ -75,7 +75,7 @@ def _conv(filters, kernel_size, *, strides=1, padding="same", name):
 
 def _bn(name):
     # Momentum is a training setting: build_frontend_model sets the suite's.
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
+    return BatchNormalization(epsilon=BN_EPSILON, name=name)
 
 
 def basic_block(x, filters: int, *, stride: int = 1, name: str):

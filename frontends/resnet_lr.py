@@ -33,6 +33,7 @@ from __future__ import annotations
 import keras
 
 from frontends.base import FrontendWeightsError, build_frontend_model, handwritten_inputs, handwritten_model
+from semseg_suite.layers import BatchNormalization
 
 # Blocks per stage (conv2..conv5): ExFuse's rearrangement of ResNet-101's (3, 4, 23, 3).
 BLOCKS = (8, 8, 9, 8)
@@ -54,7 +55,7 @@ def endpoints(blocks=BLOCKS) -> dict[int, str]:
 
 def _bn(name):
     # Momentum is a training setting: build_frontend_model sets the suite's.
-    return keras.layers.BatchNormalization(epsilon=_EPSILON, name=name)
+    return BatchNormalization(epsilon=_EPSILON, name=name)
 
 
 def bottleneck_block(x, filters: int, *, stride: int = 1, shortcut: bool = False, name: str):

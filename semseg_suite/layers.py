@@ -232,6 +232,86 @@ class AtrousConv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
+# Input dtypes of TensorFlow's FusedBatchNormV3 (its scale, offset and statistics are float32).
+_FUSED_BATCH_NORM_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` that trains through TensorFlow's fused kernel.
+
+    Keras 3's TensorFlow batch norm is unfused: ``tf.nn.moments`` then
+    ``tf.nn.batch_normalization``, several passes over the input forwards and more
+    backwards. In training, on 4-D channels-last inputs, this layer runs one
+    ``FusedBatchNormV3`` op instead (and ``FusedBatchNormGradV3`` backwards: Eigen's
+    or oneDNN's kernel on CPU, cuDNN's on GPU). Weights, their names, the config
+    and saved files are the parent's, so files saved with either class load into
+    the other. That is why the class keeps the parent's name: Keras files key each
+    layer's weights by its class name (``layers/batch_normalization_3``), so a
+    differently named subclass could not ``load_weights`` from today's ``.keras``
+    and ``.weights.h5`` files, nor they from its. Saved configs tell the two apart
+    by the registered name, ``semseg_suite>BatchNormalization``.
+
+    The results are the parent's up to float rounding. In training the op
+    normalises with the biased batch variance but returns the unbiased one
+    (``n / (n - 1)`` times it, ``n`` values per channel); it is scaled back before
+    the moving variance takes Keras' update (``moving * momentum + batch * (1 -
+    momentum)``). Half-precision inputs enter the op as they are: it computes the
+    statistics in float32, as Keras does after casting them up, and rounds once
+    on output. The exact ``epsilon`` is passed (``tf.compat.v1.nn.fused_batch_norm``
+    would raise it to 1.001e-5).
+
+    Everything the op cannot express runs the parent's code: inference (the
+    moving statistics, no batch statistics to fuse), backends other than
+    TensorFlow, other ranks or axes, masks, ``synchronized`` (statistics over all
+    replicas), ``renorm`` and float64 inputs.
+    """
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        return bool(
+            keras.backend.backend() == "tensorflow"
+            and training
+            and self.trainable
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and keras.backend.standardize_dtype(inputs.dtype) in _FUSED_BATCH_NORM_DTYPES
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        scale = ops.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
+        offset = ops.cast(self.beta, "float32") if self.center else tf.zeros([channels])
+        no_statistics = tf.constant([], tf.float32)  # training: the op computes its own
+        outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs,
+            scale=scale,
+            offset=offset,
+            mean=no_statistics,
+            variance=no_statistics,
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=True,
+        )
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs, out_type=tf.int64)[:-1]), tf.float32)
+        # Keras' biased variance; for n = 1 the op divides by 1 and returns 0, as Keras has
+        variance = unbiased_variance * ((count - 1.0) / count)
+        self.moving_mean.assign(
+            ops.cast(self.moving_mean, "float32") * self.momentum + mean * (1.0 - self.momentum)
+        )
+        self.moving_variance.assign(
+            ops.cast(self.moving_variance, "float32") * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ResizeLike(keras.layers.Layer):
     """Resizes ``inputs[0]`` to the height and width of ``inputs[1]``.
@@ -546,10 +626,9 @@ def conv2d(filters: int, kernel_size: int, *, rate: int = 1, strides: int = 1, n
     )
 
 
-def batch_norm(name: str):
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )
+def batch_norm(name: str) -> BatchNormalization:
+    """The suite's batch norm: ``BN_MOMENTUM``, ``BN_EPSILON``, fused in training."""
+    return BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def conv_bn_relu(x, filters: int, kernel_size: int = 1, *, rate: int = 1, strides: int = 1, name: str):

@@ -55,8 +55,11 @@ def test_every_model_gives_full_size_finite_logits(tmp_path, model_name, fronten
     smallest supported size (32 px); every model on its default frontend also
     reloads from ``.keras`` and ``.h5`` (on this build, to keep the fast suite fast)."""
     model = build_model(model_name, frontend, num_classes=5)
-    # Dilated dense convolutions must take the native kernel (AtrousConv2D).
+    # Dilated dense convolutions must take the native kernel (AtrousConv2D), batch
+    # norms the fused one (semseg_suite.layers.BatchNormalization), nested ones too.
     assert plain_dilated_convs(model) == []
+    assert [layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
+            if type(layer) is keras.layers.BatchNormalization] == []
     rng = np.random.default_rng(0)
     for shape in [(2, 64, 96, 3), (1, 45, 67, 3), (1, 32, 33, 3)]:
         x = rng.normal(size=shape).astype("float32")
