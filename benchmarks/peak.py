@@ -10,8 +10,10 @@ table of microarchitectures (``MICROARCHITECTURES``), identified by vendor, fami
 and model number, each entry naming where its figure comes from. Cores are those
 this process may run on (``os.sched_getaffinity``).
 
-Measured peak: the best of ``--repeats`` large ``tf.linalg.matmul`` calls per dtype
-(after a warm-up call), as GFLOP/s = 2 n^3 / seconds, in the same run.
+Measured peak: the best of ``--repeats`` large matmul calls per dtype (after a
+warm-up call), as GFLOP/s = 2 n^3 / seconds, in the same run: ``tf.linalg.matmul``
+in a ``tf.function`` on TensorFlow, a jitted ``jax.numpy.matmul`` on JAX (Keras'
+backend, ``KERAS_BACKEND``), on the backend's default device.
 
 Under a hypervisor the clock in ``/proc/cpuinfo`` is the nominal one; the cores
 may run faster (turbo), so a measured peak above 100% of the theoretical one means
@@ -33,7 +35,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -267,16 +268,37 @@ def theoretical_peaks(cpu: CpuInfo, uarch: Microarchitecture | None = None) -> d
 
 
 def matmul_call(dtype: str, size: int):
-    """Returns a function running one ``size``-square ``tf.linalg.matmul`` in ``dtype``
-    to completion (2 size^3 FLOPs); its first call traces it."""
+    """Returns a function running one ``size``-square matmul in ``dtype`` on Keras'
+    backend to completion (2 size^3 FLOPs); its first call traces it."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        key_a, key_b = jax.random.split(jax.random.key(0))
+        a = jax.random.normal(key_a, (size, size)).astype(dtype)
+        b = jax.random.normal(key_b, (size, size)).astype(dtype)
+        matmul = jax.jit(jax.numpy.matmul)
+        return lambda: matmul(a, b).block_until_ready()
+    import tensorflow as tf
+
     a = tf.cast(tf.random.stateless_normal((size, size), (0, 1)), dtype)
     b = tf.cast(tf.random.stateless_normal((size, size), (0, 2)), dtype)
     matmul = tf.function(tf.linalg.matmul)
     return lambda: matmul(a, b).numpy()
 
 
+def backend_line() -> str:
+    """Keras' backend and its version, e.g. ``TensorFlow 2.21.0`` or ``JAX 0.10.2``."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return f"JAX {jax.__version__} ({jax.devices()[0].platform}: {jax.devices()[0].device_kind})"
+    import tensorflow as tf
+
+    return f"TensorFlow {tf.__version__}"
+
+
 def measured_peaks(size: int = 4096, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s (2 size^3 / seconds) of the fastest of ``repeats`` ``tf.linalg.matmul``
+    """GFLOP/s (2 size^3 / seconds) of the fastest of ``repeats`` matmul (``matmul_call``)
     calls per dtype of ``DTYPES``, the dtypes alternating, after a warm-up call each."""
     calls = {dtype: matmul_call(dtype, size) for dtype in DTYPES}
     for call in calls.values():
@@ -312,7 +334,7 @@ def header_lines(command: str) -> list[str]:
     cpu = read_cpu_info()
     return [
         f"Machine: {machine_key(cpu)}, flags {', '.join(sorted(cpu.flags & _SHOWN_FLAGS))}",
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}; "
+        f"{backend_line()}, Keras {keras.__version__}, Python {platform.python_version()}; "
         f"1-minute load average at start: {os.getloadavg()[0]:.2f}",
         f"Command: `{command}`",
     ]
