@@ -50,7 +50,7 @@ def test_encoder_decoder_widths_and_conv_counts(model_name):
     assert model.get_layer("enc5_conv3_conv").filters == 512
     assert model.get_layer("dec4_conv2_conv").filters == 64
     # conv-BN-ReLU after every conv and transposed conv, no dropout by default.
-    assert len(_of_type(model, keras.layers.BatchNormalization)) == 26 + 5
+    assert len(_of_type(model, layers.BatchNormalization)) == 26 + 5
     assert len(_of_type(model, keras.layers.ReLU)) == 26 + 5
     assert not _of_type(model, keras.layers.Dropout)
     assert not _of_type(model, keras.layers.DepthwiseConv2D)
@@ -126,7 +126,7 @@ def test_mobile_unet_is_separable_with_a_regular_first_conv(model_name):
     assert _sources(model.get_layer("enc3_conv2_depthwise")) == ["enc3_conv1_pointwise_relu"]
     assert _sources(model.get_layer("enc3_conv2_depthwise_relu")) == ["enc3_conv2_depthwise_bn"]
     assert _sources(model.get_layer("enc3_conv2_pointwise_conv")) == ["enc3_conv2_depthwise_relu"]
-    assert len(_of_type(model, keras.layers.BatchNormalization)) == 1 + 2 * 25 + 5
+    assert len(_of_type(model, layers.BatchNormalization)) == 1 + 2 * 25 + 5
     _check_upsampling(model)
 
 

@@ -31,7 +31,7 @@ def test_segnet_is_vgg16_encoder_and_mirrored_decoder():
     model = build_model("SegNet", num_classes=11)
     convs = _of_type(model, keras.layers.Conv2D)
     assert len(convs) == 27  # 13 encoder + 13 decoder + 1x1 classifier
-    assert len(_of_type(model, keras.layers.BatchNormalization)) == 26
+    assert len(_of_type(model, layers.BatchNormalization)) == 26
     assert len(_of_type(model, keras.layers.ReLU)) == 26
     assert not _of_type(model, keras.layers.Dense)
     encoder = [c.filters for c in convs if c.name.startswith("enc")]
@@ -71,7 +71,7 @@ def test_segnet_basic_layout():
     ] + ["logits_conv"]
     for conv in convs[:-1]:
         assert (conv.filters, conv.kernel_size, conv.use_bias) == (64, (7, 7), False)
-    assert len(_of_type(model, keras.layers.BatchNormalization)) == 8
+    assert len(_of_type(model, layers.BatchNormalization)) == 8
     # ReLU in the encoder only: the paper's decoder has none.
     relus = [r.name for r in _of_type(model, keras.layers.ReLU)]
     assert relus == [f"enc{i}_relu" for i in (1, 2, 3, 4)]
