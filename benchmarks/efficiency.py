@@ -44,12 +44,9 @@ from semseg_suite.flops import count_flops  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 512
 PRECISIONS = ("float32", "mixed_bfloat16")
-COMPUTE_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+COMPUTE_DTYPE = train_speed.COMPUTE_DTYPE
 TRAIN_BATCH = 2
-# Training FLOPs per image = 3 x the forward's: the backward pass computes the
-# gradients of the inputs and of the weights of every layer, each about as costly
-# as its forward (optimizer update, batch norm and losses not counted).
-TRAIN_FLOPS_PER_FORWARD = 3
+TRAIN_FLOPS_PER_FORWARD = train_speed.TRAIN_FLOPS_PER_FORWARD
 START, END = "<!-- efficiency:start -->", "<!-- efficiency:end -->"
 EVERY_FRONTEND = ("DeepLabV3_plus", "DeepLabV3")  # models measured on every frontend
 OWN_ENCODER = "none"  # --frontends value selecting the models with their own encoder

@@ -13,9 +13,8 @@ other processes hits them alike. Throughput is the batch over the median step ti
 Prints a Markdown table of images per second and, for every precision but
 float32, its speed relative to float32.
 
-``--backend jax`` (or any Keras backend but TensorFlow; ``pip install -r
-requirements-bench-jax.txt``) needs no TensorFlow: the suite's builders are Keras
-only, and the step is Keras' own, ``compile(jit_compile=XLA)`` with
+``--backend jax`` (``pip install -r requirements-bench-jax.txt``) needs no
+TensorFlow: the suite's builders are Keras only, and the step is Keras' own, ``compile(jit_compile=XLA)`` with
 ``train_on_batch`` (cross-entropy on the main logits, Adam) and ``predict_on_batch``;
 auxiliary heads are not built there (the Trainer that weighs them is TensorFlow's).
 ``--peak`` adds each variant's achieved GFLOP/s (forward FLOPs of
@@ -40,7 +39,7 @@ from collections.abc import Callable
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKENDS = ("tensorflow", "jax")
 
 
 def _backend_argument(argv: list[str]) -> str | None:
@@ -75,7 +74,10 @@ if keras.backend.backend() == "tensorflow":  # the suite's data and training cod
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
-TRAIN_FLOPS_PER_FORWARD = 3  # forward, and backward for the inputs' and the weights' gradients
+# Training FLOPs per image = 3 x the forward's: the backward pass computes the
+# gradients of the inputs and of the weights of every layer, each about as costly
+# as its forward (optimizer update, batch norm and losses not counted).
+TRAIN_FLOPS_PER_FORWARD = 3
 
 
 def parse_args(argv=None):
