@@ -58,8 +58,12 @@ MODELS = {
 # ENet in float16 (also `-m slow`): 100% on CamVid crops, 99.72-99.84% on noise; its
 # logits move by up to 0.28 on both (float16 rounding through its ~220 layers), so the
 # FP16_MAX_LOGIT_DIFF bound (and the ties it defines) is DeepLabV3+'s, not ENet's.
+# PSPNet in int8: 100% on CamVid crops with initialisation seeds 0-3, but 86-99.98%
+# on noise (seed 0: 98.9% here, 97.5% on CI's machine), where its pyramid pooling
+# averages whole-image statistics that no training image has.
 NOISE_GAPS = {
     ("BiSeNet ResNet18 (aux heads)", "tflite-int8"), ("ENet", "tflite-int8"), ("ENet", "tflite-fp16"),
+    ("PSPNet ResNet18 (aux heads)", "tflite-int8"),
 }
 # (model, format) pairs below the floor on every kind of image: none since the
 # unpooling models' int8 fix (MaxPoolingWithArgmax2D, MaxUnpooling2D).
