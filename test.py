@@ -20,10 +20,13 @@ import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+ONEDNN_FROM_USER = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster on every CPU kind measured: cli.log_cpu_path
 
 from semseg_suite import data, evaluation, export  # noqa: E402
 from semseg_suite.cli import (  # noqa: E402
-    add_dataset_arguments, add_inference_arguments, dataset_options, inference_options, non_negative_int, setup_logging,
+    add_dataset_arguments, add_inference_arguments, dataset_options, inference_options, log_cpu_path, non_negative_int,
+    setup_logging,
 )
 from semseg_suite.inference import Segmenter, check_output_folder, error_line  # noqa: E402
 from semseg_suite.tiling import InferenceOptions  # noqa: E402
@@ -54,6 +57,7 @@ def describe(options: InferenceOptions) -> str:
 
 def main(argv=None) -> int:
     setup_logging()
+    log_cpu_path(ONEDNN_FROM_USER)
     args = parse_args(argv)
     try:
         if args.output_dir is not None:

@@ -19,13 +19,15 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+ONEDNN_FROM_USER = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster on every CPU kind measured: cli.log_cpu_path
 
 import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
 from semseg_suite import class_weights, data, distribute, export, losses, optim, recipes, training  # noqa: E402
 from semseg_suite.cli import (  # noqa: E402
     add_dataset_arguments, dataset_options, float_in, given_options, ignore_class, non_negative_float, positive_float,
-    positive_int, setup_logging, str2bool, unit_interval, unit_interval_left_open, unit_interval_open,
+    log_cpu_path, positive_int, setup_logging, str2bool, unit_interval, unit_interval_left_open, unit_interval_open,
 )
 
 
@@ -186,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
 
 def main(argv=None) -> int:
     setup_logging()
+    log_cpu_path(ONEDNN_FROM_USER)
     args = parse_args(argv)
     if args.list_recipes:
         print(recipes.recipes_table())

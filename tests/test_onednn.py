@@ -103,3 +103,61 @@ def test_every_model_takes_a_training_step_without_onednn():
     for result in steps[0] + steps[1]:
         assert result["frontend"] == semseg_suite.default_frontend(result["model"])
         check_step(result)
+
+
+def start_entry_point(script: str, onednn: str | None, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["PYTHONPATH"], env["TF_CPP_MIN_LOG_LEVEL"] = str(ROOT), "2"
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    return subprocess.Popen([sys.executable, str(ROOT / script), *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cpu_kernels_line(process: subprocess.Popen) -> str:
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if "CPU kernels:" in line]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def test_entry_points_turn_onednn_on_unless_the_user_chose():
+    """train.py, test.py and predict.py start TensorFlow with oneDNN on (faster on
+    every CPU kind measured, docs/BENCHMARKS.md section 9) and log it; a user's own
+    ``TF_ENABLE_ONEDNN_OPTS`` wins, and the start-up line says whose choice it was."""
+    runs = {
+        ("train.py", None): start_entry_point("train.py", None, "--list-recipes"),
+        ("test.py", None): start_entry_point("test.py", None, "--help"),
+        ("predict.py", None): start_entry_point("predict.py", None, "--help"),
+        ("train.py", "0"): start_entry_point("train.py", "0", "--list-recipes"),
+        ("predict.py", "1"): start_entry_point("predict.py", "1", "--help"),
+    }
+    lines = {key: cpu_kernels_line(process) for key, process in runs.items()}
+    for script in ("train.py", "test.py", "predict.py"):
+        assert "CPU kernels: oneDNN on (the suite's default TF_ENABLE_ONEDNN_OPTS=1;" in lines[script, None]
+    assert lines["train.py", "0"].endswith("CPU kernels: oneDNN off (TF_ENABLE_ONEDNN_OPTS=0 from your environment)")
+    assert lines["predict.py", "1"].endswith("CPU kernels: oneDNN on (TF_ENABLE_ONEDNN_OPTS=1 from your environment)")
+
+
+def test_onednn_benchmark_measures_both_settings():
+    """``benchmarks/onednn.py`` runs one child per setting (each checks that its
+    setting took effect) and prints a row whose ratios are its own columns' ratios."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "onednn.py"), "--models", "ENet", "--crop", "32", "--batch", "1",
+         "--steps", "1", "--warmup", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ENet |")]
+    assert len(rows) == 1, result.stdout
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert cells[1] == "own encoder"
+    train_on, train_off, train_ratio, infer_on, infer_off, infer_ratio = cells[2:]
+    speeds = [float(train_on), float(train_off), float(infer_on), float(infer_off)]
+    assert all(np.isfinite(speeds)) and min(speeds) > 0, cells
+    assert float(train_ratio.rstrip("x")) == pytest.approx(speeds[0] / speeds[1], abs=0.006)
+    assert float(infer_ratio.rstrip("x")) == pytest.approx(speeds[2] / speeds[3], abs=0.006)
+    assert result.stdout.startswith("Machine: ") and ", flags " in result.stdout.splitlines()[0], result.stdout[:2000]
