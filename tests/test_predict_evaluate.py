@@ -18,6 +18,11 @@ from semseg_suite.tiling import InferenceOptions
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def error_lines(stderr: str) -> list[str]:
+    """What a script wrote to stderr but its start-up log line (``cli.log_cpu_path``)."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("INFO: CPU kernels: ")]
+
+
 def load_script(name):
     """Imports a top-level script by path (``test.py`` would clash with the stdlib ``test``)."""
     spec = importlib.util.spec_from_file_location(f"{name}_script_pe", ROOT / f"{name}.py")
@@ -240,7 +245,7 @@ def test_format_refuses_what_cannot_be_loaded_and_inference_flags(setup, tmp_pat
     cv2.imwrite(str(image), random_image(0))
     out = tmp_path / "out"
     assert predict.main([str(image), "--checkpoint", str(broken), "--format", "onnx", "--output", str(out)]) == 2
-    errors = capsys.readouterr().err.strip().splitlines()
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].startswith(f"error: {broken}:"), errors
     assert not out.exists()
 
@@ -251,7 +256,7 @@ def test_format_refuses_what_cannot_be_loaded_and_inference_flags(setup, tmp_pat
     exported.write_bytes(b"fake model")
     monkeypatch.setattr(FakeExported, "predict", lambda self, image_rgb: wrong(image_rgb))
     assert predict.main([str(image), "--checkpoint", str(exported), "--format", "tflite", "--output", str(out)]) == 2
-    errors = capsys.readouterr().err.strip().splitlines()
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].startswith(f"error: {image}: the model returned class ids outside"), errors
     assert not out.exists()
     with pytest.raises(SystemExit) as exit_info:
@@ -507,7 +512,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, setup, tmp_path,
     before = sorted(p.name for p in tmp_path.iterdir())
     assert script.main(argv) == 2
     captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.strip()]
+    errors = error_lines(captured.err)
     assert len(errors) == 1 and errors[0].startswith(f"error: {named}: "), errors
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output folder, no partial folder
     assert output is None or not output.exists()
