@@ -21,7 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 ONEDNN_FROM_USER = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster on every CPU kind measured: cli.log_cpu_path
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # trains faster on every CPU kind measured: cli.log_cpu_path
 
 from semseg_suite import data, evaluation, export  # noqa: E402
 from semseg_suite.cli import (  # noqa: E402

@@ -20,7 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 ONEDNN_FROM_USER = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster on every CPU kind measured: cli.log_cpu_path
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # trains faster on every CPU kind measured: cli.log_cpu_path
 
 import semseg_suite  # noqa: E402
 from frontends import OUTPUT_STRIDES, FrontendWeightsError  # noqa: E402
